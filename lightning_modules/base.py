@@ -1,0 +1,170 @@
+"""What every adamrot LightningModule shares: the optimizer (injected from YAML), the
+rotation (``model.rotation``), the per-step LR schedule and throughput logging.
+
+Subclasses set ``self.model`` (an ``nn.Module``, ideally with ``rotation_layout()``) and
+implement the steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable, Optional
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from rotations.config import RotationConfig
+from rotations.layout import LayerView, model_layout
+from rotations.optimizer import RotatedOptimizer
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+
+#: parameter types Muon treats as hidden matrices (the rest get AdamW; NeurIPS Alg. 6)
+MUON_TYPES = {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "linear", "conv"}
+
+
+def nanogpt_param_groups(named_params) -> list[dict]:
+    """nanoGPT's grouping: tensors with ≥ 2 dims are decayed, the rest are not."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """nanoGPT's schedule as a multiplier of the peak LR: linear warm-up over ``warmup``
+    steps, cosine from 1 to ``floor`` until ``total``, then ``floor``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / (warmup + 1)
+    if step >= total:
+        return floor
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
+
+
+class RotatableModule(L.LightningModule):
+    """Base class: optimizer + rotation + schedule + throughput.
+
+    Args:
+        optimizer: optimizer callable from YAML (``class_path``/``init_args``).
+        rotation: the rotated space the optimizer runs in (``None`` = standard basis).
+        warmup_steps: linear warm-up length in optimizer steps.
+        warmup_epochs: alternative to ``warmup_steps`` for epoch-based (vision) runs.
+        decay_steps: end of the cosine (default: ``trainer.max_steps`` or the estimated total).
+        min_lr_ratio: the cosine's floor as a fraction of the peak LR (6e-5 / 6e-4 = 0.1).
+        peak_flops: device peak FLOP/s for MFU (default: Lightning's table for known GPUs).
+    """
+
+    def __init__(self, optimizer: Optional[OptimizerFactory] = None,
+                 rotation: Optional[RotationConfig] = None, warmup_steps: int = 0,
+                 warmup_epochs: Optional[float] = None, decay_steps: Optional[int] = None,
+                 min_lr_ratio: float = 0.1, peak_flops: Optional[float] = None):
+        super().__init__()
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.rotation = RotationConfig.coerce(rotation)
+        for name, v in (("warmup_steps", warmup_steps),):
+            if v < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {v}")
+        if warmup_epochs is not None and warmup_epochs < 0:
+            raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
+        if decay_steps is not None and decay_steps < 1:
+            raise ValueError(f"model.decay_steps must be a positive int, got {decay_steps}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        self.warmup_steps, self.warmup_epochs = warmup_steps, warmup_epochs
+        self.decay_steps, self.min_lr_ratio = decay_steps, min_lr_ratio
+        self.peak_flops = peak_flops
+        self._t_last: Optional[float] = None
+        self._tokens_since = 0
+        self.tokens_seen = 0
+
+    # -- to be provided by subclasses ------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        return nanogpt_param_groups(self.model.named_parameters())
+
+    def rotation_views(self) -> list[LayerView]:
+        return model_layout(self.model)
+
+    def flops_per_sample(self) -> Optional[float]:
+        return None
+
+    # -- optimizer ---------------------------------------------------------------------------
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        groups = self.param_groups()
+        factory = self.optimizer_factory
+        probe = factory([dict(g) for g in groups])          # cheap: no state before step()
+        split = bool(getattr(probe, "requires_split_views", False))
+        if not (self.rotation.active or split):
+            return probe
+        options = None
+        if split:
+            def options(v: LayerView) -> dict:
+                return {"use_muon": v.ptype in MUON_TYPES and min(v.shape) > 1}
+        return RotatedOptimizer(groups, factory, self.rotation_views(), self.rotation,
+                                split_views=split, view_group_options=options)
+
+    def _total_steps(self) -> int:
+        if self.decay_steps:
+            return self.decay_steps
+        t = self.trainer
+        if t.max_steps and t.max_steps > 0:
+            return t.max_steps
+        return int(t.estimated_stepping_batches)
+
+    def _warmup(self) -> int:
+        if self.warmup_epochs is not None:
+            t = self.trainer
+            epochs = max(1, t.max_epochs or 1)
+            return int(round(self.warmup_epochs * t.estimated_stepping_batches / epochs))
+        return self.warmup_steps
+
+    def configure_optimizers(self):
+        opt = self.build_optimizer()
+        total, warmup, floor = self._total_steps(), self._warmup(), self.min_lr_ratio
+        sched = LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, floor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- throughput ------------------------------------------------------------------------------
+    def count_samples(self, n_samples: int, n_tokens: int) -> None:
+        """Call from ``training_step`` with the micro-batch's sizes (per rank)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.tokens_seen += n_tokens * world
+        self._tokens_since += n_tokens * world
+        self._samples_since = getattr(self, "_samples_since", 0) + n_samples * world
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if not self.trainer.is_last_batch and (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+            return
+        now = time.perf_counter()
+        if self._t_last is None:
+            self._t_last, self._tokens_since, self._samples_since = now, 0, 0
+            return
+        every = max(1, self.trainer.log_every_n_steps)
+        if self.trainer.global_step % every:
+            return
+        dt = now - self._t_last
+        if dt <= 0:
+            return
+        metrics = {"train/tokens": float(self.tokens_seen),
+                   "train/tokens_per_s": self._tokens_since / dt,
+                   "train/samples_per_s": self._samples_since / dt}
+        fps = self.flops_per_sample()
+        peak = self.peak_flops
+        if peak is None and self.device.type == "cuda":
+            from lightning.fabric.utilities.throughput import get_available_flops
+            peak = get_available_flops(self.device, torch.bfloat16)
+            if peak:
+                peak *= self.trainer.world_size
+        if fps and peak:
+            metrics["train/mfu"] = fps * self._samples_since / dt / peak
+        self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._t_last, self._tokens_since, self._samples_since = now, 0, 0
+
+    def on_before_optimizer_step(self, optimizer):
+        lr = optimizer.param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, rank_zero_only=True)

@@ -1,0 +1,98 @@
+"""The ``model.rotation`` section of a config (research notes §2–4).
+
+```yaml
+model:
+  rotation:
+    scope: global          # none | global | layerwise | outputwise | inputwise | svd
+    block_size: 768        # n of the block construction (App. A.3)
+    seed: 0                # rotations are regenerated bit-exactly from it
+    svd_refresh_every: 200 # F of Alg. 5 (250 in the NeurIPS version)
+    svd_moments: keep      # keep (Alg. 5) | reproject (carry first moments into the new basis)
+    only: {value: layerwise}   # architecture-aware (App. C.2): listed types only, rest unrotated
+```
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+from .layout import PARAM_TYPES
+
+SCOPES = ("none", "global", "layerwise", "outputwise", "inputwise", "svd")
+SVD_MOMENTS = ("keep", "reproject")
+Scope = Literal["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+
+
+@dataclass
+class RotationConfig:
+    """Which rotation the optimizer runs in. Validated on construction."""
+
+    scope: Scope = "none"
+    block_size: int = 768
+    seed: int = 0
+    svd_refresh_every: int = 200
+    svd_moments: Literal["keep", "reproject"] = "keep"
+    only: Optional[dict[str, Scope]] = None
+    permute: bool = True
+    svd_dense_max: int = 8192
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"rotation.scope: {self.scope!r} is not allowed; "
+                             f"choose one of {', '.join(SCOPES)}")
+        for name in ("block_size", "svd_refresh_every", "svd_dense_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"rotation.{name} must be a positive integer, got {v!r}")
+        if self.svd_moments not in SVD_MOMENTS:
+            raise ValueError(f"rotation.svd_moments: {self.svd_moments!r} is not allowed; "
+                             f"choose one of {', '.join(SVD_MOMENTS)}")
+        if self.only is not None:
+            if not isinstance(self.only, dict):
+                raise ValueError("rotation.only must be a map from parameter type to scope")
+            if self.scope != "none":
+                raise ValueError("rotation.scope must be 'none' when rotation.only is set "
+                                 "(types not listed in rotation.only are never rotated)")
+            for ptype, scope in self.only.items():
+                if ptype not in PARAM_TYPES:
+                    raise ValueError(f"rotation.only: unknown parameter type {ptype!r}; "
+                                     f"allowed: {', '.join(PARAM_TYPES)}")
+                if scope not in SCOPES:
+                    raise ValueError(f"rotation.only.{ptype}: {scope!r} is not allowed; "
+                                     f"choose one of {', '.join(SCOPES)}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is rotated at all."""
+        if self.only:
+            return any(s != "none" for s in self.only.values())
+        return self.scope != "none"
+
+    def scope_for(self, ptype: str) -> str:
+        if self.only is not None:
+            return self.only.get(ptype, "none")
+        return self.scope
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["only"] = dict(self.only) if self.only else None
+        return d
+
+    @classmethod
+    def coerce(cls, value) -> "RotationConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"rotation: unknown key(s) {sorted(unknown)}; allowed: "
+                                 f"{', '.join(cls.__dataclass_fields__)}")
+            return cls(**value)
+        # jsonargparse Namespace or similar
+        return cls(**{k: getattr(value, k) for k in cls.__dataclass_fields__ if hasattr(value, k)})
+

@@ -1,0 +1,269 @@
+"""The rotated optimizer step (research notes §1; paper Alg. 4/5).
+
+:class:`RotatedOptimizer` wraps *any* ``torch.optim.Optimizer`` (AdamW, SGD, RMSprop, Muon,
+the zoo in :mod:`rotations.zoo`) and runs it in a rotated basis. Per step:
+
+1. run the closure; read the final gradients (after DDP all-reduce, accumulation,
+   mixed-precision unscaling and clipping — Lightning does all of that inside the closure);
+2. for optimizers with *coupled* (L2) weight decay, add ``wd·w`` to the gradient;
+3. rotate every view's gradient **in fp32 or better** (``torch.float32`` matmuls forced to
+   "highest" precision, whatever ``torch.set_float32_matmul_precision`` says);
+4. give the rotated gradients to the base optimizer through *shadow* tensors of the views'
+   shapes whose values are set to zero: after ``base.step()`` a shadow holds exactly the
+   update ``Δ_R`` in rotated coordinates, and the base optimizer's state (m, v, momentum)
+   lives in rotated coordinates;
+5. apply decoupled weight decay ``w ← w − lr·wd·w`` in the standard basis (it commutes with
+   rotations), then ``w ← w + Rᵀ Δ_R``.
+
+Parameters whose views are all unrotated are handed to the base optimizer directly (zero
+overhead, exact ``torch.optim`` behaviour). SVD bases are refreshed from the current gradient
+at step 1 and every ``svd_refresh_every`` steps; with ``svd_moments: reproject`` the first
+moment-like state (``exp_avg``, ``momentum_buffer``, linear in the gradients) is carried into
+the new basis, second moments are kept.
+
+``param_groups`` hold the real parameters (so LR schedulers, gradient clipping and AMP
+see the model); hyperparameters edited there are copied into the base optimizer before each
+step. ``state_dict()`` carries the base optimizer's state and the rotation state (seeds,
+fingerprints, SVD bases, step count) as tensors and plain values: it loads with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from .config import RotationConfig
+from .layout import LayerView, check_layout
+from .scopes import IdentityUnit, RotationPlan, SVDUnit
+
+#: state entries that are linear in the gradients (transported on an SVD refresh)
+LINEAR_STATE_KEYS = ("exp_avg", "momentum_buffer")
+
+
+def is_decoupled(opt: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's ``weight_decay`` is decoupled (``w ← w − lr·wd·w``)."""
+    try:
+        from .zoo import is_decoupled as zoo_is_decoupled
+        return bool(zoo_is_decoupled(opt))
+    except ImportError:  # pragma: no cover - zoo always ships, keep a sane fallback
+        decoupled = (torch.optim.AdamW, getattr(torch.optim, "Muon", torch.optim.AdamW))
+        return isinstance(opt, decoupled) or getattr(opt, "decoupled_weight_decay", False)
+
+
+@contextlib.contextmanager
+def fp32_matmul():
+    """Force full-precision float32 matmuls (no TF32) inside the block."""
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+class RotatedOptimizer(torch.optim.Optimizer):
+    """Run ``base_factory``'s optimizer in the basis given by ``config`` over ``views``.
+
+    Args:
+        params: parameters or parameter groups (dicts) of the *model*, as for any optimizer.
+        base_factory: ``callable(param_groups) -> torch.optim.Optimizer`` (e.g.
+            ``functools.partial(torch.optim.AdamW, lr=6e-4)``, or LightningCLI's optimizer
+            callable).
+        views: the model's layout (:func:`rotations.layout.model_layout`).
+        config: the rotation (:class:`RotationConfig`, or a dict).
+        split_views: give every view its own shadow even when unrotated (needed by Muon so
+            that fused Q/K/V are three matrices).
+        view_group_options: ``callable(view) -> dict`` of extra base-optimizer group options
+            per view (e.g. ``{"use_muon": True}``); views with different options go to
+            different base groups.
+    """
+
+    def __init__(self, params: Iterable, base_factory: Callable[..., torch.optim.Optimizer],
+                 views: list[LayerView], config: RotationConfig | dict | None = None,
+                 split_views: bool = False,
+                 view_group_options: Optional[Callable[[LayerView], dict]] = None):
+        self.config = RotationConfig.coerce(config)
+        groups = list(params)
+        if not groups:
+            raise ValueError("RotatedOptimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        groups = [dict(g, params=list(g["params"])) for g in groups]
+        all_params = [p for g in groups for p in g["params"]]
+        check_layout(all_params, views)
+        pid = {id(p) for p in all_params}
+        views = [v for v in views if id(v.param) in pid]
+        self.plan = RotationPlan(views, self.config)
+        rotated_view = {v.name for u in self.plan.units for v in u.views}
+        opts = view_group_options or (lambda v: {})
+
+        # which params need shadows: any view rotated (or every view, if split_views)
+        views_of: dict[int, list[LayerView]] = {}
+        for v in views:
+            views_of.setdefault(id(v.param), []).append(v)
+        shadowed = {i for i, vs in views_of.items()
+                    if split_views or any(v.name in rotated_view for v in vs)}
+        # unrotated views of shadowed params get identity units
+        extra = [v for v in views if id(v.param) in shadowed and v.name not in rotated_view]
+        if extra:
+            self.plan.units.append(IdentityUnit(extra))
+        self.plan.identity_views = [v for v in self.plan.identity_views
+                                    if id(v.param) not in shadowed]
+
+        # shadows (fp32 or better), one per shadowed view
+        self._shadow: dict[str, torch.Tensor] = {}
+        for u in self.plan.units:
+            for v in u.views:
+                dt = torch.promote_types(v.param.dtype, torch.float32)
+                self._shadow[v.name] = torch.zeros(v.shape, dtype=dt, device=v.param.device)
+
+        # base optimizer groups: per outer group, the direct params and the shadows (split by
+        # extra options); weight decay of shadow groups is applied by us (standard basis)
+        inner_groups, self._parent, self._is_shadow_group = [], [], []
+        self._group_of_param: dict[int, int] = {}
+        for gi, g in enumerate(groups):
+            hp = {k: v for k, v in g.items() if k != "params"}
+            direct = [p for p in g["params"] if id(p) not in shadowed]
+            for p in g["params"]:
+                self._group_of_param[id(p)] = gi
+            if direct:
+                inner_groups.append(dict(hp, params=direct))
+                self._parent.append(gi)
+                self._is_shadow_group.append(False)
+            buckets: dict[tuple, list] = {}
+            for p in g["params"]:
+                if id(p) not in shadowed:
+                    continue
+                for v in views_of[id(p)]:
+                    o = opts(v)
+                    buckets.setdefault(tuple(sorted(o.items())), []).append(self._shadow[v.name])
+            for key, shadows in buckets.items():
+                sg = dict(hp, **dict(key), params=shadows)
+                if "weight_decay" in sg:
+                    sg["weight_decay"] = 0.0
+                inner_groups.append(sg)
+                self._parent.append(gi)
+                self._is_shadow_group.append(True)
+        self.base = base_factory(inner_groups)
+        self._decoupled = is_decoupled(self.base)
+        self._shadowed_params = [p for g in groups for p in g["params"] if id(p) in shadowed]
+
+        # outer groups: real params, hyperparameters mirrored from the base optimizer
+        outer = []
+        for gi, g in enumerate(groups):
+            merged = dict(g)
+            j = self._parent.index(gi) if gi in self._parent else None
+            if j is not None:
+                for k, val in self.base.param_groups[j].items():
+                    if k != "params" and k not in merged:
+                        merged[k] = val
+            merged.setdefault("weight_decay", self.base.defaults.get("weight_decay", 0.0))
+            outer.append(merged)
+        super().__init__(outer, dict(self.base.defaults))
+        self.rotation_step = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def shadows(self) -> dict[str, torch.Tensor]:
+        """Shadow tensor per rotated view name (the base optimizer's state is keyed by them)."""
+        return self._shadow
+
+    def base_state(self, view_name: str) -> dict:
+        """The base optimizer's state (in rotated coordinates) for a view."""
+        return self.base.state.get(self._shadow[view_name], {})
+
+    def _sync_hparams(self) -> None:
+        for j, ig in enumerate(self.base.param_groups):
+            og = self.param_groups[self._parent[j]]
+            for k, val in og.items():
+                if k == "params" or k not in ig:
+                    continue
+                if k == "weight_decay" and self._is_shadow_group[j]:
+                    continue
+                ig[k] = val
+
+    def _grad_matrix(self, view: LayerView, grads: dict) -> torch.Tensor:
+        g = grads.get(id(view.param))
+        return view.matrix(g)
+
+    # -- the step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._sync_hparams()
+        self.rotation_step += 1
+        units = self.plan.units
+
+        # effective gradients of shadowed params in compute precision (None grad -> zeros)
+        grads: dict[int, torch.Tensor] = {}
+        for p in self._shadowed_params:
+            dt = torch.promote_types(p.dtype, torch.float32)
+            g = torch.zeros_like(p, dtype=dt) if p.grad is None else p.grad.to(dt)
+            wd = self.param_groups[self._group_of_param[id(p)]].get("weight_decay", 0.0)
+            if wd and not self._decoupled:
+                g = g.add(p.detach().to(dt), alpha=wd)
+            grads[id(p)] = g
+
+        with fp32_matmul():
+            step = self.rotation_step
+            every = self.config.svd_refresh_every
+            for u in units:
+                if isinstance(u, SVDUnit) and (u.U is None or (step - 1) % every == 0):
+                    old = (u.U, u.V) if u.U is not None else None
+                    u.refresh(self._grad_matrix(u.views[0], grads), step)
+                    if old is not None and self.config.svd_moments == "reproject":
+                        st = self.base.state.get(self._shadow[u.views[0].name], {})
+                        for k in LINEAR_STATE_KEYS:
+                            if isinstance(st.get(k), torch.Tensor):
+                                st[k].copy_(u.transport(st[k], old))
+            for u in units:
+                rotated = u.rotate([self._grad_matrix(v, grads) for v in u.views])
+                for v, r in zip(u.views, rotated):
+                    s = self._shadow[v.name]
+                    s.zero_()
+                    s.grad = r.contiguous() if r.dtype == s.dtype else r.to(s.dtype).contiguous()
+
+        self.base.step()
+
+        with fp32_matmul():
+            if self._decoupled:
+                for p in self._shadowed_params:
+                    g = self.param_groups[self._group_of_param[id(p)]]
+                    wd = g.get("weight_decay", 0.0)
+                    if wd:
+                        p.mul_(1.0 - g["lr"] * wd)
+            for u in units:
+                deltas = u.unrotate([self._shadow[v.name] for v in u.views])
+                for v, d in zip(u.views, deltas):
+                    v.add_(v.param.data, d)
+        for s in self._shadow.values():
+            s.grad = None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self.base.zero_grad(set_to_none)
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["base"] = self.base.state_dict()
+        sd["rotation"] = dict(self.plan.state_dict(), step=self.rotation_step)
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        sd = dict(state_dict)
+        if "base" not in sd or "rotation" not in sd:
+            raise ValueError("optimizer state has no rotation state: the checkpoint was not "
+                             "trained with a rotated optimizer (or with a different config)")
+        base, rot = sd.pop("base"), sd.pop("rotation")
+        device = next(iter(self._shadow.values())).device if self._shadow else None
+        self.plan.load_state_dict(rot, device)
+        super().load_state_dict(sd)
+        self.base.load_state_dict(base)
+        self.rotation_step = int(rot.get("step", 0))

@@ -598,8 +598,14 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
                 if not any(x is not None for x in rc):
                     row.update(baseline=b.label, slowdown="no data")
                 elif any(x is not None for x in bc):
-                    sd = compute_slowdown([x for x in bc if x is not None],
-                                          [x for x in rc if x is not None], smooth, mode)
+                    try:
+                        sd = compute_slowdown([x for x in bc if x is not None],
+                                              [x for x in rc if x is not None], smooth, mode)
+                    except ReportError as e:
+                        notes.append(f"{c.label}: no slowdown ({e})")
+                        row.update(baseline=b.label, slowdown="n/a")
+                        rows.append(row)
+                        continue
                     row.update(baseline=b.label, target=sd.target,
                                baseline_steps=sd.steps_base, steps_to_target=sd.steps,
                                slowdown_pct=None if sd.slowdown is None else 100.0 * sd.slowdown,
@@ -661,6 +667,7 @@ class BestLR:
     rows: list[dict[str, Any]]
     columns: list[str]
     metric: str
+    group_cols: list[str] = field(default_factory=list)
 
 
 def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
@@ -672,6 +679,7 @@ def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
     mode = metric_mode(metric, mode)
     if not any(lr_key in r.config for r in runs):
         return None
+    group_keys = [k for k in group_keys if k not in (lr_key, opt_key)]  # optimizer: own column
     other = [k for k in label_keys if k not in (lr_key, opt_key) and k not in group_keys]
     shorts = short_keys(list(other) + list(group_keys))
     cells: dict[tuple, dict[str, Any]] = {}
@@ -716,10 +724,11 @@ def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
             all="; ".join(f"{value_label(t[0])}: {t[1]:.4f}" for t in per_lr),
         )
         rows.append(row)
-    return BestLR(rows=rows, columns=columns, metric=metric)
+    return BestLR(rows=rows, columns=columns, metric=metric, group_cols=gcols)
 
 
-def best_lr_markdown(b: BestLR, group_cols: Sequence[str] = ()) -> str:
+def best_lr_markdown(b: BestLR, group_cols: Sequence[str] | None = None) -> str:
+    group_cols = b.group_cols if group_cols is None else group_cols
     head = list(group_cols) + ["optimizer", "setting", "best lr", f"final {b.metric}",
                                "seeds", "lrs tried", "note"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
@@ -790,12 +799,27 @@ def read_scalars(event_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, np
     """All scalar tags of the event files in ``event_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ea = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    ea = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "tensors": 0})
     ea.Reload()
+    tags = ea.Tags()
     out = {}
-    for tag in ea.Tags().get("scalars", []):
+    for tag in tags.get("scalars", []):
         evs = ea.Scalars(tag)
         out[tag] = _clean_curve([e.step for e in evs], [e.value for e in evs])
+    # TF2-style scalar summaries (stored as tensors with the "scalars" plugin)
+    for tag in tags.get("tensors", []):
+        if tag in out:
+            continue
+        try:
+            if ea.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+                continue
+            from tensorboard.util import tensor_util
+
+            evs = ea.Tensors(tag)
+            vals = [float(tensor_util.make_ndarray(e.tensor_proto).item()) for e in evs]
+        except Exception:  # not a scalar after all
+            continue
+        out[tag] = _clean_curve([e.step for e in evs], vals)
     return out
 
 
@@ -905,7 +929,8 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
 def definition_text(s: Summary) -> str:
     cmp = "<=" if s.mode == "min" else ">="
     return (f"Slowdown: smooth each {s.metric} curve with a trailing mean over K={s.smooth} "
-            f"eval points, average seeds at common steps; L* = the baseline's final value; "
+            f"eval points and average the seeds at their common steps; L* = the final value of "
+            f"the baseline's smoothed seed-averaged curve; "
             f"steps = first step with curve {cmp} L*; slowdown = steps_label / steps_baseline - 1. "
             f"Final values are the last logged value per seed, shown as mean ± 2σ (sample std).")
 
@@ -963,8 +988,7 @@ def write_report(runs: Sequence[RunData], out_dir: str | os.PathLike, *,
     stream = sys.stdout if stream is None else stream
     print(md, file=stream)
     if bl is not None:
-        gcols = [s.shorts[k] for k in s.group_keys]
-        bmd = best_lr_markdown(bl, gcols)
+        bmd = best_lr_markdown(bl)
         _write_csv(out / "best_lr.csv", bl.columns, bl.rows)
         (out / "best_lr.md").write_text(
             f"# Best learning rate per optimizer\n\nCriterion: final {metric} "

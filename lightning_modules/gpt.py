@@ -34,7 +34,8 @@ class GPTLightningModule(RotatableModule):
         super().__init__(optimizer=optimizer, rotation=rotation, warmup_steps=warmup_steps,
                          warmup_epochs=warmup_epochs, decay_steps=decay_steps,
                          min_lr_ratio=min_lr_ratio, peak_flops=peak_flops)
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "rotation"])
+        self.hparams["rotation"] = self.rotation.to_dict()   # plain types: weights_only loads
         self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
                                 n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias,
                                 attention=attention, variant=variant,

@@ -34,7 +34,7 @@ class RotationConfig:
     svd_moments: Literal["keep", "reproject"] = "keep"
     only: Optional[dict[str, Scope]] = None
     permute: bool = True
-    svd_dense_max: int = 8192
+    svd_dense_max: int = 4096
 
     def __post_init__(self):
         self.validate()

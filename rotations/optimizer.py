@@ -37,19 +37,18 @@ import torch
 from .config import RotationConfig
 from .layout import LayerView, check_layout
 from .scopes import IdentityUnit, RotationPlan, SVDUnit
+from .zoo import is_decoupled as zoo_is_decoupled
 
 #: state entries that are linear in the gradients (transported on an SVD refresh)
 LINEAR_STATE_KEYS = ("exp_avg", "momentum_buffer")
 
 
 def is_decoupled(opt: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer's ``weight_decay`` is decoupled (``w ← w − lr·wd·w``)."""
-    try:
-        from .zoo import is_decoupled as zoo_is_decoupled
-        return bool(zoo_is_decoupled(opt))
-    except ImportError:  # pragma: no cover - zoo always ships, keep a sane fallback
-        decoupled = (torch.optim.AdamW, getattr(torch.optim, "Muon", torch.optim.AdamW))
-        return isinstance(opt, decoupled) or getattr(opt, "decoupled_weight_decay", False)
+    """Whether the optimizer's ``weight_decay`` is decoupled (``w ← w − lr·wd·w``);
+    optimizers without weight decay count as coupled (nothing to apply)."""
+    if "weight_decay" not in opt.defaults:
+        return False
+    return bool(zoo_is_decoupled(opt))
 
 
 @contextlib.contextmanager
@@ -99,6 +98,24 @@ class RotatedOptimizer(torch.optim.Optimizer):
         rotated_view = {v.name for u in self.plan.units for v in u.views}
         opts = view_group_options or (lambda v: {})
 
+        # extra base-group options per parameter (all views of a parameter must agree)
+        param_opts: dict[int, tuple] = {}
+        for v in views:
+            o = tuple(sorted(opts(v).items()))
+            if param_opts.setdefault(id(v.param), o) != o:
+                raise ValueError(f"view_group_options disagree across the views of "
+                                 f"{v.param_name or v.name!r}")
+        # split user groups by those options: every outer group maps to at most two base
+        # groups (direct params, shadows) with the same hyperparameters
+        split_groups = []
+        for g in groups:
+            buckets: dict[tuple, list] = {}
+            for p in g["params"]:
+                buckets.setdefault(param_opts.get(id(p), ()), []).append(p)
+            for o, ps in buckets.items():
+                split_groups.append(dict(g, **dict(o), params=ps))
+        groups = split_groups
+
         # which params need shadows: any view rotated (or every view, if split_views)
         views_of: dict[int, list[LayerView]] = {}
         for v in views:
@@ -119,28 +136,23 @@ class RotatedOptimizer(torch.optim.Optimizer):
                 dt = torch.promote_types(v.param.dtype, torch.float32)
                 self._shadow[v.name] = torch.zeros(v.shape, dtype=dt, device=v.param.device)
 
-        # base optimizer groups: per outer group, the direct params and the shadows (split by
-        # extra options); weight decay of shadow groups is applied by us (standard basis)
+        # base optimizer groups; weight decay of shadow groups is applied by us (standard
+        # basis), so the base optimizer sees weight_decay = 0 there
         inner_groups, self._parent, self._is_shadow_group = [], [], []
         self._group_of_param: dict[int, int] = {}
         for gi, g in enumerate(groups):
             hp = {k: v for k, v in g.items() if k != "params"}
-            direct = [p for p in g["params"] if id(p) not in shadowed]
             for p in g["params"]:
                 self._group_of_param[id(p)] = gi
+            direct = [p for p in g["params"] if id(p) not in shadowed]
+            shadows = [self._shadow[v.name] for p in g["params"] if id(p) in shadowed
+                       for v in views_of[id(p)]]
             if direct:
                 inner_groups.append(dict(hp, params=direct))
                 self._parent.append(gi)
                 self._is_shadow_group.append(False)
-            buckets: dict[tuple, list] = {}
-            for p in g["params"]:
-                if id(p) not in shadowed:
-                    continue
-                for v in views_of[id(p)]:
-                    o = opts(v)
-                    buckets.setdefault(tuple(sorted(o.items())), []).append(self._shadow[v.name])
-            for key, shadows in buckets.items():
-                sg = dict(hp, **dict(key), params=shadows)
+            if shadows:
+                sg = dict(hp, params=shadows)
                 if "weight_decay" in sg:
                     sg["weight_decay"] = 0.0
                 inner_groups.append(sg)
@@ -151,20 +163,32 @@ class RotatedOptimizer(torch.optim.Optimizer):
         self._shadowed_params = [p for g in groups for p in g["params"] if id(p) in shadowed]
 
         # outer groups: real params, hyperparameters mirrored from the base optimizer
+        # (the weight decay of shadow groups comes from the base's defaults/the user group)
         outer = []
         for gi, g in enumerate(groups):
             merged = dict(g)
-            j = self._parent.index(gi) if gi in self._parent else None
-            if j is not None:
+            js = [j for j, par in enumerate(self._parent) if par == gi]
+            for j in js:
                 for k, val in self.base.param_groups[j].items():
-                    if k != "params" and k not in merged:
-                        merged[k] = val
-            merged.setdefault("weight_decay", self.base.defaults.get("weight_decay", 0.0))
+                    if k == "params" or k in merged:
+                        continue
+                    if k == "weight_decay" and self._is_shadow_group[j]:
+                        continue
+                    merged[k] = val
+            if "weight_decay" not in merged:
+                merged["weight_decay"] = self._default_weight_decay(merged)
             outer.append(merged)
         super().__init__(outer, dict(self.base.defaults))
         self.rotation_step = 0
 
     # -- helpers ---------------------------------------------------------------------------
+    def _default_weight_decay(self, group: dict) -> float:
+        """The weight decay the base optimizer would have used for this group."""
+        d = self.base.defaults
+        if group.get("use_muon") is False and "adamw_weight_decay" in d:
+            return d["adamw_weight_decay"]
+        return d.get("weight_decay", 0.0)
+
     @property
     def shadows(self) -> dict[str, torch.Tensor]:
         """Shadow tensor per rotated view name (the base optimizer's state is keyed by them)."""

@@ -37,7 +37,7 @@ class OrthoBasis:
             raise ValueError("OrthoBasis needs a dense matrix or Householder factors")
 
     @classmethod
-    def complete(cls, cols: torch.Tensor, dense_max: int = 8192) -> "OrthoBasis":
+    def complete(cls, cols: torch.Tensor, dense_max: int = 4096) -> "OrthoBasis":
         """Extend orthonormal columns ``cols`` (``m x r``) to a full basis of R^m."""
         m, r = cols.shape
         if r == m:
@@ -95,7 +95,7 @@ class OrthoBasis:
                    tau=mv(st.get("tau")), signs=mv(st.get("signs")))
 
 
-def svd_bases(g: torch.Tensor, dense_max: int = 8192) -> tuple[OrthoBasis, OrthoBasis]:
+def svd_bases(g: torch.Tensor, dense_max: int = 4096) -> tuple[OrthoBasis, OrthoBasis]:
     """Full-rank ``(U, V)`` of a gradient matrix ``g`` (``out x in``), computed in float64
     on the CPU for tiny matrices and in the input's (>= fp32) precision otherwise."""
     work = g.double() if g.numel() <= 1 << 16 else g.float() if g.dtype != torch.float64 else g

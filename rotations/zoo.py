@@ -376,6 +376,8 @@ class MuonAdamW(Optimizer):
     """
 
     decoupled_weight_decay = True
+    #: the rotation engine gives every LayerView its own tensor (fused Q/K/V -> 3 matrices)
+    requires_split_views = True
 
     def __init__(
         self,

@@ -1,0 +1,332 @@
+"""Tests for adamrot.report on synthetic TensorBoard event files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from adamrot import report as rp
+
+STEPS = [50, 100, 150, 200]
+
+# binary-exact values (event files store float32) so the numbers are exact.
+# baseline (scope=none): seed mean val curve [4, 3, 3, 3] -> L* = 3 reached at step 100
+# global: seed mean [4, 3.5, 3, 2.75] -> reaches 3 at step 150 -> +50%
+# layer (one seed): never gets to 3
+VAL = {
+    ("none", 0): [4.0, 3.25, 3.25, 3.25],
+    ("none", 1): [4.0, 2.75, 2.75, 2.75],
+    ("global", 0): [4.0, 3.75, 3.25, 3.0],
+    ("global", 1): [4.0, 3.25, 2.75, 2.5],
+    ("layer", 0): [4.0, 3.75, 3.5, 3.25],
+}
+TRAIN_FINAL = {("none", 0): 3.5, ("none", 1): 3.0, ("global", 0): 3.0, ("global", 1): 2.5,
+               ("layer", 0): 3.25}
+ACC_FINAL = {("none", 0): 0.5, ("none", 1): 0.75, ("global", 0): 0.5, ("global", 1): 0.5,
+             ("layer", 0): 0.25}
+
+
+def config(scope, seed, lr=1.0e-3, opt="torch.optim.AdamW", root="x"):
+    return {
+        "seed_everything": seed,
+        "trainer": {"max_steps": 200, "default_root_dir": root},
+        "model": {
+            "rotation": {"scope": scope},
+            "optimizer": {"class_path": opt, "init_args": {"lr": lr, "weight_decay": 0.1}},
+        },
+        "ckpt_path": None,
+    }
+
+
+def train_curve(final):
+    # 0..200 every 10 steps, ending at `final`
+    steps = list(range(0, 201, 10))
+    return [(s, final + (200 - s) / 100.0) for s in steps]
+
+
+def write_run(d: Path, cfg: dict, curves: dict[str, list[tuple[int, float]]]):
+    from torch.utils.tensorboard import SummaryWriter
+
+    d.mkdir(parents=True, exist_ok=True)
+    w = SummaryWriter(log_dir=str(d))
+    for tag, pts in curves.items():
+        for s, v in pts:
+            w.add_scalar(tag, v, s)
+    w.close()
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """A sweep-like dir (index.json) with 5 runs incl. acc1."""
+    root = tmp_path_factory.mktemp("sweep")
+    entries = []
+    for (scope, seed), vals in VAL.items():
+        name = f"scope={scope}_seed={seed}"
+        write_run(root / name, config(scope, seed, root=str(root / name)), {
+            "train/loss": train_curve(TRAIN_FINAL[(scope, seed)]),
+            "val/loss": list(zip(STEPS, vals)),
+            "val/acc1": [(s, ACC_FINAL[(scope, seed)]) for s in STEPS],
+            "train/lr": [(s, 1e-3) for s in STEPS],
+        })
+        entries.append({"name": name, "status": "finished"})
+    entries.append({"name": "never_started", "status": "pending"})
+    (root / "index.json").write_text(json.dumps({"sweep": "t", "runs": entries}))
+    return root
+
+
+def read_csv(p: Path) -> list[dict[str, str]]:
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- #
+# pure functions
+# --------------------------------------------------------------------------- #
+def test_trailing_mean_and_mean_2sigma():
+    assert rp.trailing_mean([4, 3, 2, 1], 1).tolist() == [4, 3, 2, 1]
+    assert rp.trailing_mean([4, 3, 2, 1], 2).tolist() == [4, 3.5, 2.5, 1.5]
+    assert rp.trailing_mean([4, 3, 2, 1], 3).tolist() == [4, 3.5, 3, 2]
+    m, s2, n = rp.mean_2sigma([3.25, 2.75])
+    assert (m, n) == (3.0, 2)
+    assert s2 == pytest.approx(2 * math.sqrt(0.125), rel=1e-15)
+    assert rp.mean_2sigma([1.5]) == (1.5, 0.0, 1)
+
+
+def test_slowdown_pure():
+    base = [(np.array(STEPS), np.array(VAL[("none", s)])) for s in (0, 1)]
+    rot = [(np.array(STEPS), np.array(VAL[("global", s)])) for s in (0, 1)]
+    never = [(np.array(STEPS), np.array(VAL[("layer", 0)]))]
+    sd = rp.compute_slowdown(base, rot)
+    assert (sd.target, sd.steps_base, sd.steps) == (3.0, 100, 150)
+    assert sd.slowdown == 0.5 and sd.text == "+50.0%"
+    sd = rp.compute_slowdown(base, never)
+    assert sd.steps is None and sd.slowdown is None and sd.text == "never reached"
+    assert rp.compute_slowdown(base, base).slowdown == 0.0
+    # faster than baseline
+    fast = [(np.array(STEPS), np.array([3.0, 2.5, 2.0, 2.0]))]
+    assert rp.compute_slowdown(base, fast).text == "-50.0%"
+    # smoothing K=2: base smoothed mean [4, 3.5, 3, 3] -> L*=3 at 150;
+    # curve [4, 3, 2, 2] smoothed [4, 3.5, 2.5, 2] -> 150 -> 0%
+    b2 = [(np.array(STEPS), np.array([4.0, 3.0, 3.0, 3.0]))]
+    r2 = [(np.array(STEPS), np.array([4.0, 3.0, 2.0, 2.0]))]
+    sd = rp.compute_slowdown(b2, r2, k=2)
+    assert (sd.target, sd.steps_base, sd.steps, sd.slowdown) == (3.0, 150, 150, 0.0)
+    # higher-is-better metric
+    sd = rp.compute_slowdown([(np.array(STEPS), np.array([0.1, 0.5, 0.5, 0.5]))],
+                             [(np.array(STEPS), np.array([0.1, 0.2, 0.3, 0.5]))], mode="max")
+    assert (sd.steps_base, sd.steps, sd.text) == (100, 200, "+100.0%")
+
+
+def test_seed_average_common_steps_and_duplicates():
+    a = rp.make_run("a", {}, {"val/loss": [(0, 1.0), (10, 2.0), (10, 4.0), (20, 3.0)]})
+    assert a.curve("val/loss")[1].tolist() == [1.0, 4.0, 3.0]   # repeated step: last wins
+    b = rp.make_run("b", {}, {"val/loss": ([0, 10], [3.0, 2.0])})
+    s, m, lo, hi = rp.seed_average([a.curve("val/loss"), b.curve("val/loss")])
+    assert s.tolist() == [0, 10] and m.tolist() == [2.0, 3.0]
+    assert lo.tolist() == [1.0, 2.0] and hi.tolist() == [3.0, 4.0]
+
+
+def _mem_runs():
+    runs = []
+    for (scope, seed), vals in VAL.items():
+        runs.append(rp.make_run(
+            f"scope={scope}_seed={seed}", config(scope, seed, root=f"r/{scope}{seed}"),
+            {"train/loss": train_curve(TRAIN_FINAL[(scope, seed)]),
+             "val/loss": list(zip(STEPS, vals))}))
+    return runs
+
+
+def test_summarize_in_memory():
+    s = rp.summarize(_mem_runs())
+    assert s.label_keys == ["model.rotation.scope"]   # seed / root dir excluded
+    rows = {r["label"]: r for r in s.rows}
+    assert [r["label"] for r in s.rows] == ["scope=none", "scope=global", "scope=layer"]
+    assert rows["scope=none"]["n_seeds"] == 2
+    assert rows["scope=none"]["final_val_loss_mean"] == 3.0
+    assert rows["scope=none"]["final_val_loss_2sigma"] == 2 * np.std([3.25, 2.75], ddof=1)
+    assert rows["scope=global"]["final_train_loss_mean"] == 2.75
+    assert rows["scope=layer"]["final_val_loss_2sigma"] == 0.0
+    assert rows["scope=none"]["slowdown"] == "baseline"
+    assert rows["scope=global"]["slowdown"] == "+50.0%"
+    assert rows["scope=global"]["slowdown_pct"] == 50.0
+    assert rows["scope=layer"]["slowdown"] == "never reached"
+    assert not s.has_acc
+    # explicit baseline, various spellings
+    for q in ("scope=global", "global", "scope = global"):
+        s2 = rp.summarize(_mem_runs(), baseline=q)
+        r2 = {r["label"]: r for r in s2.rows}
+        assert r2["scope=global"]["slowdown"] == "baseline"
+        assert s2.rows[0]["label"] == "scope=global"
+        assert r2["scope=none"]["target"] == 2.75
+        assert r2["scope=none"]["slowdown"] == "never reached"
+    with pytest.raises(rp.ReportError, match="matches no label"):
+        rp.summarize(_mem_runs(), baseline="scope=bogus")
+    # no scope=none label -> no slowdown
+    s3 = rp.summarize([r for r in _mem_runs() if "none" not in r.name])
+    assert not s3.has_slowdown and "slowdown" not in s3.columns
+
+
+def test_auto_label_keys_drop_class_determined_init_args():
+    runs = [
+        rp.make_run("a", config("none", 0, lr=1e-3, opt="torch.optim.AdamW"), {}),
+        rp.make_run("b", config("none", 0, lr=0.1, opt="torch.optim.SGD"), {}),
+        rp.make_run("c", config("global", 0, lr=1e-3, opt="torch.optim.AdamW"), {}),
+    ]
+    assert rp.auto_label_keys(runs) == ["model.rotation.scope", "model.optimizer.class_path"]
+    assert rp.resolve_key("optimizer", list(runs[0].config)) == "model.optimizer.class_path"
+    assert rp.resolve_key("lr", list(runs[0].config)) == "model.optimizer.init_args.lr"
+
+
+def test_best_lr_pure_and_partner_baselines():
+    finals = {("AdamW", 1e-3): [3.0, 3.5], ("AdamW", 3e-3): [2.5, 3.0], ("AdamW", 1e-2): [4.0, 4.5],
+              ("SGD", 0.1): [3.5, 3.5], ("SGD", 0.3): [float("nan"), 3.25]}
+    runs = []
+    for (opt, lr), vals in finals.items():
+        for seed, v in enumerate(vals):
+            for scope in ("none", "global"):
+                val = v if scope == "none" else v + 0.25
+                runs.append(rp.make_run(
+                    f"{opt}{lr}{scope}{seed}", config(scope, seed, lr, f"torch.optim.{opt}"),
+                    {"val/loss": [(100, val + 1.0), (200, val)]}))
+    s = rp.summarize(runs)
+    assert s.label_keys == ["model.rotation.scope", "model.optimizer.class_path",
+                            "model.optimizer.init_args.lr"]
+    # several scope=none labels: each label compared with its own none partner
+    r = {x["label"]: x for x in s.rows}
+    assert r["scope=global, optimizer=AdamW, lr=0.003"]["baseline"] == \
+        "scope=none, optimizer=AdamW, lr=0.003"
+    assert r["scope=global, optimizer=AdamW, lr=0.003"]["slowdown"] == "never reached"
+    b = rp.best_lr_table(runs, s.label_keys)
+    rows = {(x["optimizer"], x["setting"]): x for x in b.rows}
+    assert len(rows) == 4
+    a = rows[("AdamW", "scope=none")]
+    assert (a["best_lr"], a["best_mean"], a["n_seeds"], a["at_edge"]) == (0.003, 2.75, 2, False)
+    assert a["best_2sigma"] == 2 * np.std([2.5, 3.0], ddof=1)
+    assert a["lrs_tried"] == "0.001;0.003;0.01"
+    assert rows[("AdamW", "scope=global")]["best_mean"] == 3.0
+    sgd = rows[("SGD", "scope=none")]   # lr 0.3 diverged in one seed (NaN) -> worst
+    assert (sgd["best_lr"], sgd["best_mean"], sgd["at_edge"]) == (0.1, 3.5, True)
+    md = rp.best_lr_markdown(b)
+    assert "| AdamW | scope=none | 0.003 | 2.7500 ± 0.7071 | 2 | 0.001, 0.003, 0.01 |  |" in md
+    # one lr per optimizer only -> no table
+    assert rp.best_lr_table([x for x in runs if x.config["model.optimizer.init_args.lr"]
+                             in (1e-3, 0.1)], s.label_keys) is None
+
+
+# --------------------------------------------------------------------------- #
+# files end to end
+# --------------------------------------------------------------------------- #
+def test_report_end_to_end(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "rep"
+    rc = rp.main([str(sweep_dir), "--out", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    md = (out / "summary.md").read_text()
+    assert "never_started" in captured.err    # pending run without events is skipped
+    # markdown table (also printed)
+    head = "| label | seeds | final train loss | final val loss | final acc@1 | L* | steps to L* | slowdown |"
+    assert head in md and head in captured.out
+    assert "| scope=none | 2 | 3.2500 ± 0.7071 | 3.0000 ± 0.7071 | 0.6250 ± 0.3536 | 3.0000 | 100 | baseline |" in md
+    assert "| scope=global | 2 | 2.7500 ± 0.7071 | 2.7500 ± 0.7071 | 0.5000 ± 0.0000 | 3.0000 | 150 | +50.0% |" in md
+    assert "| scope=layer | 1 | 3.2500 ± 0.0000 | 3.2500 ± 0.0000 | 0.2500 ± 0.0000 | 3.0000 | never reached | never reached |" in md
+    # csv numbers exact
+    rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
+    assert list(rows) == ["scope=none", "scope=global", "scope=layer"]
+    n = rows["scope=none"]
+    assert n["n_seeds"] == "2" and n["seeds"] == "0;1"
+    assert float(n["final_val_loss_mean"]) == 3.0
+    assert float(n["final_val_loss_2sigma"]) == 2 * np.std([3.25, 2.75], ddof=1)
+    assert float(n["final_train_loss_mean"]) == 3.25
+    assert float(n["final_acc1_mean"]) == 0.625
+    assert float(n["final_acc1_2sigma"]) == 2 * np.std([0.5, 0.75], ddof=1)
+    g = rows["scope=global"]
+    assert (g["baseline"], float(g["target"]), g["baseline_steps"], g["steps_to_target"]) == \
+        ("scope=none", 3.0, "100", "150")
+    assert float(g["slowdown_pct"]) == 50.0 and g["slowdown"] == "+50.0%"
+    lay = rows["scope=layer"]
+    assert lay["slowdown"] == "never reached" and lay["slowdown_pct"] == "" and lay["steps_to_target"] == ""
+    # figure
+    png = out / "loss_curves.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "best_lr.csv").exists()   # lr does not vary
+
+
+def test_report_single_run_dirs_groups_and_best_lr(tmp_path, capsys):
+    runs_root = tmp_path / "runs"
+    val = {("AdamW", 1e-3): 3.0, ("AdamW", 3e-3): 2.5, ("SGD", 0.1): 3.5, ("SGD", 0.3): 3.25}
+    dirs = []
+    for (opt, lr), v in val.items():
+        for scope in ("none", "global"):
+            d = runs_root / f"{opt}_{lr}_{scope}"
+            # global reaches the baseline's final loss one eval later (steps 100 -> 200)
+            curve = [(100, v), (200, v), (300, v)] if scope == "none" else \
+                [(100, v + 1), (200, v), (300, v)]
+            write_run(d, config(scope, 0, lr, f"torch.optim.{opt}", root=str(d)),
+                      {"train/loss": [(300, v)], "val/loss": curve})
+            dirs.append(d)
+    out = tmp_path / "rep"
+    # parent dir (no index.json) expands to its run dirs
+    rc = rp.main([str(runs_root), "--out", str(out), "--group-keys", "optimizer",
+                  "--label-keys", "scope,lr", "--baseline", "scope=none,lr=0.001"])
+    # baseline "scope=none,lr=0.001" only exists for AdamW -> warning for SGD, not an error
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "SGD" in err and "no slowdown" in err
+    rows = read_csv(out / "summary.csv")
+    assert [(r["optimizer"], r["label"]) for r in rows][:2] == [
+        ("AdamW", "scope=none, lr=0.001"), ("AdamW", "scope=global, lr=0.001")]
+    r = {(x["optimizer"], x["label"]): x for x in rows}
+    assert r[("AdamW", "scope=global, lr=0.001")]["slowdown"] == "+100.0%"
+    assert r[("AdamW", "scope=none, lr=0.003")]["slowdown"] == "+0.0%"
+    assert r[("SGD", "scope=global, lr=0.1")]["slowdown"] == ""
+    for g in ("AdamW", "SGD"):
+        p = out / f"loss_curves_optimizer={g}.png"
+        assert p.stat().st_size > 10_000
+    best = {(x["optimizer"], x["setting"]): x for x in read_csv(out / "best_lr.csv")}
+    assert float(best[("AdamW", "scope=none")]["best_lr"]) == 0.003
+    assert float(best[("AdamW", "scope=none")]["best_mean"]) == 2.5
+    assert float(best[("SGD", "scope=global")]["best_lr"]) == 0.3
+    assert float(best[("SGD", "scope=global")]["best_mean"]) == 3.25
+    assert "| AdamW | scope=none | 0.003 | 2.5000 ± 0.0000 |" in (out / "best_lr.md").read_text()
+
+    # a single run dir works too; unknown key is a clear error
+    assert rp.main([str(dirs[0]), "--out", str(tmp_path / "one")]) == 0
+    assert "| all | 1 |" in (tmp_path / "one" / "summary.md").read_text()
+    assert rp.main([str(dirs[0]), "--out", str(tmp_path / "x"), "--label-keys", "bogus"]) == 2
+    assert "unknown config key 'bogus'" in capsys.readouterr().err
+
+
+def test_reads_tf2_style_scalars_and_resumed_duplicates(tmp_path):
+    """tensorboard.summary.Writer (tensor scalars) is read too; a step logged
+    again after a resume keeps the later value."""
+    from tensorboard.summary import Writer
+
+    d = tmp_path / "run"
+    w = Writer(str(d))
+    for s, v in [(10, 4.0), (20, 3.5), (30, 3.25)]:
+        w.add_scalar("val/loss", v, step=s)
+    w.flush()
+    w.close()
+    sc = rp.read_scalars(d)
+    assert sc["val/loss"][0].tolist() == [10, 20, 30]
+    assert sc["val/loss"][1].tolist() == [4.0, 3.5, 3.25]
+    # resume from a step-10 checkpoint: a second event file re-logs steps 20, 30
+    import time
+
+    time.sleep(1.1)  # event file names carry the time in seconds
+    w = Writer(str(d))
+    for s, v in [(20, 3.75), (30, 3.5), (40, 3.0)]:
+        w.add_scalar("val/loss", v, step=s)
+    w.flush()
+    w.close()
+    assert len([p for p in d.iterdir() if "tfevents" in p.name]) == 2
+    sc = rp.read_scalars(d)
+    assert sc["val/loss"][0].tolist() == [10, 20, 30, 40]
+    assert sc["val/loss"][1].tolist() == [4.0, 3.75, 3.5, 3.0]

@@ -1,0 +1,6 @@
+"""Lightning callbacks that measure training in rotated spaces (research notes §6)."""
+from .orthogonality import UpdateOrthogonality
+from .second_moments import SecondMomentHistogram
+from .svd_events import SVDRefreshLogger
+
+__all__ = ["SecondMomentHistogram", "UpdateOrthogonality", "SVDRefreshLogger"]

@@ -40,9 +40,10 @@ Sharding is by *document*. There are ``S = world_size * num_workers`` shards; sh
 ``rank * num_workers + worker_id``. In epoch ``e`` the training documents are put in an order
 (a permutation seeded by ``(seed, e)`` for in-memory corpora; stream order for a streamed
 hub corpus, which cannot be shuffled) and the document at position ``p`` goes to shard
-``p % S``. Each shard appends EOT to each of its documents and cuts the resulting token
-stream into consecutive, non-overlapping windows of ``block_size + 1`` tokens (``x = w[:-1]``,
-``y = w[1:]``); the tail of one epoch continues into the next. Every shard's stream is
+``p % S`` (so an in-memory corpus needs at least ``S`` training documents). Each shard
+appends EOT to each of its documents and cuts the resulting token stream into consecutive,
+non-overlapping windows of ``block_size + 1`` tokens (``x = w[:-1]``, ``y = w[1:]``); the
+tail of one epoch continues into the next. Every shard's stream is
 infinite, so DDP ranks never run out at different times; training length is set by
 ``trainer.max_steps`` (with Lightning, validate every N steps via an integer
 ``val_check_interval`` and ``check_val_every_n_epoch=None``). Document-level sharding lets
@@ -79,7 +80,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.tokenizers import TOKENIZER_NAMES, Tokenizer, build_tokenizer
+from datamodules.tokenizers import Tokenizer, build_tokenizer
 
 SOURCES = ("embedded", "local", "hub")
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -153,7 +154,8 @@ def expand_local_paths(paths: Sequence[str]) -> list[Path]:
     for entry in paths:
         expanded = os.path.expanduser(entry)
         if any(c in expanded for c in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(expanded, recursive=True) if os.path.isfile(m))
+            matches = sorted(Path(m) for m in glob.glob(expanded, recursive=True)
+                             if os.path.isfile(m))
             if not matches:
                 raise FileNotFoundError(f"local path pattern {entry!r} matched no files")
         elif os.path.isdir(expanded):
@@ -308,9 +310,9 @@ def split_heldout(lengths: np.ndarray, val_fraction: float,
     else:
         chosen = order[:int(np.searchsorted(np.cumsum(lengths[order]), target)) + 1]
     if len(chosen) >= n:
-        raise ValueError(f"holding out {target:.0f} validation tokens (val_fraction={val_fraction}, "
-                         f"at least {min_tokens}) leaves no training documents in a corpus of "
-                         f"{n} documents; use a larger corpus")
+        raise ValueError(f"holding out {target:.0f} validation tokens (val_fraction="
+                         f"{val_fraction}, at least {min_tokens}) leaves no training documents "
+                         f"in a corpus of {n} documents; use a larger corpus")
     heldout = np.zeros(n, dtype=bool)
     heldout[chosen] = True
     return np.flatnonzero(~heldout), np.flatnonzero(heldout)
@@ -610,14 +612,12 @@ class TextDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
+            raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, "
+                             f"got {source!r}")
         if source == "local" and not paths:
             raise ValueError("source='local' requires paths (files, directories or globs)")
         if source != "local" and paths:
             raise ValueError(f"paths is only used with source='local', got source={source!r}")
-        if tokenizer not in TOKENIZER_NAMES:
-            raise ValueError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZER_NAMES))}, "
-                             f"got {tokenizer!r}")
         for name, value in (("hub_dataset", hub_dataset), ("hub_split", hub_split),
                             ("text_column", text_column)):
             if not isinstance(value, str) or not value:

@@ -291,3 +291,42 @@ class RotatedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(sd)
         self.base.load_state_dict(base)
         self.rotation_step = int(rot.get("step", 0))
+
+
+def view_states(optimizer: torch.optim.Optimizer, views: list[LayerView]):
+    """Yield ``(view, state)`` for every view: the optimizer's per-view state (``exp_avg``,
+    ``exp_avg_sq``, ``momentum_buffer``, ``step``…) **in the coordinates the optimizer works
+    in** (rotated ones for a :class:`RotatedOptimizer`), tensors as ``(out, in)`` matrices.
+    Views without state yet (before the first step) are skipped."""
+    def as_matrices(v: LayerView, st: dict, keyed_by_param: bool) -> dict:
+        out = {}
+        for k, t in st.items():
+            if keyed_by_param and isinstance(t, torch.Tensor) and t.shape == v.param.shape:
+                t = v.matrix(t)
+            out[k] = t
+        return out
+
+    if isinstance(optimizer, RotatedOptimizer):
+        for v in views:
+            shadow = optimizer.shadows.get(v.name)
+            if shadow is not None:
+                st = optimizer.base.state.get(shadow)
+                if st:
+                    yield v, dict(st)
+            else:
+                st = optimizer.base.state.get(v.param)
+                if st:
+                    yield v, as_matrices(v, st, True)
+        return
+    for v in views:
+        st = optimizer.state.get(v.param)
+        if st:
+            yield v, as_matrices(v, st, True)
+
+
+def group_of(optimizer: torch.optim.Optimizer, view: LayerView) -> dict:
+    """The (outer) parameter group holding a view's parameter (its lr, betas, eps…)."""
+    for g in optimizer.param_groups:
+        if any(p is view.param for p in g["params"]):
+            return g
+    raise KeyError(view.name)

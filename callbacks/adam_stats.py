@@ -1,0 +1,63 @@
+"""Adam with β1 = β2 = β (Orvieto & Gower): its state is the online mean ``m`` and variance
+``σ² = v − m²`` of the gradient, and the update is ``m / sqrt(m² + σ²)``. This callback logs,
+per parameter type, statistics of ``σ²`` and of the ratio ``m̂ / sqrt(v̂)`` (research notes §5).
+Rank 0 only.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from rotations.optimizer import group_of, view_states
+from rotations.zoo import adam_moment_stats
+
+LOGGED = ("sigma2_mean", "sigma2_median", "sigma2_min", "ratio_mean", "ratio_median",
+          "ratio_q05", "ratio_q95")
+
+
+class AdamMomentStats(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, log ``adam/<stat>/<ptype>`` for Adam-type
+    optimizers with β1 = β2 (other betas: warns once and logs nothing)."""
+
+    def __init__(self, every_n_steps: int = 100):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._warned = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == 0 or step % self.every_n_steps:
+            return
+        if getattr(self, "_last", None) == step:       # accumulation: once per optimizer step
+            return
+        self._last = step
+        metrics = self.compute(trainer.optimizers[0], pl_module.rotation_views())
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    @torch.no_grad()
+    def compute(self, optimizer, views) -> dict:
+        by_type: dict[str, tuple[list, list, int, float]] = {}
+        for v, st in view_states(optimizer, views):
+            if "exp_avg_sq" not in st or "exp_avg" not in st:
+                continue
+            b1, b2 = group_of(optimizer, v).get("betas", (None, None))
+            if b1 is None or abs(b1 - b2) > 1e-12:
+                if not self._warned:
+                    rank_zero_warn(f"AdamMomentStats needs beta1 == beta2, got {(b1, b2)}; "
+                                   "nothing is logged")
+                    self._warned = True
+                return {}
+            step = int(st["step"]) if "step" in st else 0
+            m, s, _, _ = by_type.setdefault(v.ptype, ([], [], step, b1))
+            m.append(st["exp_avg"])
+            s.append(st["exp_avg_sq"])
+        out = {}
+        for ptype, (m, s, step, beta) in by_type.items():
+            stats = adam_moment_stats(m, s, step, beta, beta)
+            for k in LOGGED:
+                if k in stats:
+                    out[f"adam/{k}/{ptype}"] = float(stats[k])
+        return out

@@ -1,0 +1,467 @@
+"""Image-classification data for the vision runs: :class:`ImageNetDataModule`.
+
+Sources (``data.source``)
+-------------------------
+* ``embedded`` (default; no download, no files): scikit-learn's bundled *digits*
+  (``sklearn.datasets.load_digits``: 1797 real 8x8 grayscale scans of handwritten digits,
+  values 0..16, 10 classes). Images are scaled to [0, 1], upscaled to ``image_size``
+  (default 16) by bilinear interpolation, and standardised with the training split's mean
+  and std (one scalar each). The split is deterministic and stratified: within every class
+  the images are permuted with ``torch.Generator().manual_seed(split_seed)`` and the first
+  ``round(val_fraction * n_class)`` are held out (``val_fraction=0.2``: 1438 train / 359
+  val). ``channels = 1``, ``num_classes = 10``; no augmentation; tensors live in memory.
+* ``folder``: an ``ImageFolder`` tree ``root/{train_split}/<class>/<image>`` and
+  ``root/{val_split}/<class>/<image>`` (ImageNet's standard ``train/`` + ``val/`` layout,
+  e.g. after the usual ``valprep.sh``). Classes are the sorted folder names of the training
+  split; the validation split uses the same class indices (it may lack classes, but may not
+  have extra ones). Checked in ``__init__`` (missing directory, no class folders, an empty
+  split: the error names the path). Images are decoded with PIL and converted to RGB; an
+  undecodable file raises ``ValueError("cannot decode image <path>: …")``.
+* ``parquet``: the hub's parquet form of ImageNet-1k (or any dataset of that schema) through
+  ``datasets.load_dataset("parquet", data_files=…)`` -- packaged builder, never remote code.
+  Rows have an ``image`` column (``{"bytes": …, "path": …}`` struct, raw bytes, or an
+  ``Image`` feature, whose decoding is turned off: we decode ourselves to name bad rows) and an
+  integer ``label`` column (names configurable). ``train_files`` / ``val_files`` are paths or
+  globs, local or ``hf://datasets/<repo>/…`` (e.g. for ``ILSVRC/imagenet-1k``:
+  ``hf://datasets/ILSVRC/imagenet-1k/data/train-*.parquet`` and ``…/validation-*.parquet``;
+  the repository is gated: log in with ``huggingface-cli login`` first). The files are
+  converted to ``datasets``' Arrow cache once (``cache_dir``) and then memory-mapped.
+  ``num_classes`` comes from, in order: ``data.num_classes``; the ``ClassLabel`` in the
+  first training file's ``huggingface`` schema metadata; ``max(label) + 1`` over the local
+  training files (for remote files without metadata, set ``data.num_classes``).
+
+Transforms (``folder`` and ``parquet``, ``channels = 3``)
+--------------------------------------------------------
+Training: ``RandomResizedCrop(image_size, scale=crop_scale)`` + horizontal flip; validation:
+``Resize(round(image_size / crop_ratio))`` + ``CenterCrop(image_size)`` (224 -> 256/224);
+then ImageNet mean/std normalisation.
+
+Batches and DDP
+---------------
+``batch_size`` is **per device** (the global batch is ``batch_size x devices x num_nodes x
+accumulate_grad_batches``). All datasets are map-style, so Lightning's default
+``DistributedSampler`` shards them across ranks (training: shuffled, last incomplete batch
+dropped; validation: every sample once, padded by the sampler to equal shares).
+
+``num_classes``, ``image_size`` and ``channels`` are set after ``__init__`` so that configs
+and models can be checked against them (the vision LightningModules do so at fit start).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+SOURCES = ("embedded", "folder", "parquet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DEFAULT_IMAGE_SIZE = {"embedded": 16, "folder": 224, "parquet": 224}
+
+__all__ = ["ImageNetDataModule", "load_image", "decode_image", "digits_split",
+           "ParquetImageDataset", "SOURCES"]
+
+
+# -----------------------------------------------------------------------------------------
+# decoding
+# -----------------------------------------------------------------------------------------
+def decode_image(data: Union[bytes, bytearray, str, os.PathLike], name: str) -> Image.Image:
+    """Decode an image (bytes, or a path to open) to RGB; ``ValueError`` naming ``name``
+    if PIL cannot read it."""
+    try:
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        with Image.open(src) as img:
+            return img.convert("RGB")
+    except Exception as e:                          # PIL raises OSError, SyntaxError, ...
+        raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
+
+
+def load_image(path: str) -> Image.Image:
+    """``ImageFolder`` loader: RGB image, or ``ValueError("cannot decode image <path>: …")``."""
+    return decode_image(path, str(path))
+
+
+# -----------------------------------------------------------------------------------------
+# embedded digits
+# -----------------------------------------------------------------------------------------
+def digits_split(image_size: int = 16, val_fraction: float = 0.2, split_seed: int = 0):
+    """scikit-learn's digits as ``(x_train, y_train, x_val, y_val)``; images
+    ``(N, 1, image_size, image_size)`` float32, standardised with the training split's
+    statistics; deterministic stratified split (see the module docstring)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8)
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    if image_size != x.shape[-1]:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                          align_corners=False)
+    g = torch.Generator().manual_seed(split_seed)
+    val_idx = []
+    for c in range(int(y.max()) + 1):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val_idx.append(idx[:round(val_fraction * len(idx))])
+    val_mask = torch.zeros(len(y), dtype=torch.bool)
+    val_mask[torch.cat(val_idx)] = True
+    x_tr, y_tr, x_va, y_va = x[~val_mask], y[~val_mask], x[val_mask], y[val_mask]
+    mean, std = x_tr.mean(), x_tr.std()
+    return (x_tr - mean) / std, y_tr, (x_va - mean) / std, y_va
+
+
+# -----------------------------------------------------------------------------------------
+# folder
+# -----------------------------------------------------------------------------------------
+def _class_folders(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _has_image(path: Path) -> bool:
+    for dirpath, _, files in os.walk(path, followlinks=True):
+        if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
+            return True
+    return False
+
+
+def check_folder_tree(root: str, train_split: str, val_split: str) -> list[str]:
+    """Validate an ImageFolder tree (cheaply: the first image per split); return the class
+    names of the training split. Errors name the offending path."""
+    r = Path(root)
+    if not r.is_dir():
+        raise FileNotFoundError(f"data.root: directory {str(r)!r} does not exist")
+    classes: list[str] = []
+    for split in (train_split, val_split):
+        d = r / split
+        if not d.is_dir():
+            raise FileNotFoundError(f"data.root: split directory {str(d)!r} does not exist "
+                                    f"(expected {str(r)}/{{{train_split},{val_split}}}/<class>/<image>)")
+        found = _class_folders(d)
+        if not found:
+            raise ValueError(f"data.root: {str(d)!r} has no class folders (expected "
+                             f"{str(d)}/<class>/<image>)")
+        if split == train_split:
+            classes = found
+        else:
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise ValueError(f"data.root: {str(d)!r} has class folders that the training "
+                                 f"split lacks: {', '.join(extra[:10])}")
+        if not _has_image(d):
+            raise ValueError(f"data.root: split {str(d)!r} contains no images (extensions: "
+                             f"{', '.join(IMG_EXTENSIONS)})")
+    return classes
+
+
+def _image_folder(path: str, classes: list[str], transform):
+    from torchvision.datasets import ImageFolder
+
+    class _FixedClassFolder(ImageFolder):
+        """ImageFolder whose class list is given (so val indices match train's)."""
+
+        def find_classes(self, directory):
+            return list(classes), {c: i for i, c in enumerate(classes)}
+
+    ds = _FixedClassFolder(path, transform=transform, loader=load_image, allow_empty=True)
+    if len(ds) == 0:
+        raise ValueError(f"data.root: split {path!r} contains no images")
+    return ds
+
+
+# -----------------------------------------------------------------------------------------
+# parquet
+# -----------------------------------------------------------------------------------------
+def _as_list(files) -> list[str]:
+    if files is None:
+        return []
+    return [files] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+
+
+def expand_files(patterns: list[str], field: str) -> list[str]:
+    """Expand globs (local or fsspec URLs such as ``hf://``); error naming the field and
+    pattern when nothing matches."""
+    from fsspec.core import url_to_fs
+
+    out = []
+    for pat in patterns:
+        pat = str(pat)
+        fs, path = url_to_fs(pat)
+        if any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path))
+        else:
+            found = [path] if fs.isfile(path) else []
+        if not found:
+            raise FileNotFoundError(f"data.{field}: no file matches {pat!r}")
+        out.extend(fs.unstrip_protocol(f) if "://" in pat else f for f in found)
+    return out
+
+
+def parquet_num_classes(files: list[str], label_column: str) -> Optional[int]:
+    """Number of classes from the ``ClassLabel`` in the first file's ``huggingface`` schema
+    metadata, else ``max(label) + 1`` over local files; ``None`` if neither works."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(files[0], "rb") as fh:
+        schema = pq.read_schema(fh)
+    if label_column not in schema.names:
+        raise ValueError(f"data.label_column: {label_column!r} is not a column of "
+                         f"{files[0]!r} (columns: {', '.join(schema.names)})")
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if meta:
+        feat = json.loads(meta).get("info", {}).get("features", {}).get(label_column, {})
+        if feat.get("_type") == "ClassLabel":
+            if feat.get("names"):
+                return len(feat["names"])
+            if feat.get("num_classes"):
+                return int(feat["num_classes"])
+    if all("://" not in f or f.startswith("file://") for f in files):
+        top = -1
+        for f in files:
+            col = pq.read_table(f, columns=[label_column]).column(label_column)
+            if len(col):
+                import pyarrow.compute as pc
+                top = max(top, int(pc.max(col).as_py()))
+        return top + 1 if top >= 0 else None
+    return None
+
+
+class ParquetImageDataset(Dataset):
+    """A ``datasets.Dataset`` of (image, label) rows as ``(tensor, int)`` samples."""
+
+    def __init__(self, hf_dataset, image_column: str, label_column: str, transform,
+                 source: str):
+        self.ds, self.transform, self.source = hf_dataset, transform, source
+        self.image_column, self.label_column = image_column, label_column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        row = self.ds[int(i)]
+        img, label = row[self.image_column], int(row[self.label_column])
+        name = f"{self.source} row {i}"
+        if isinstance(img, dict):
+            path = img.get("path")
+            if path:
+                name += f" ({path})"
+            data = img.get("bytes")
+            if data is None:
+                if not path:
+                    raise ValueError(f"cannot decode image {name}: neither bytes nor path")
+                data = path
+            img = decode_image(data, name)
+        elif isinstance(img, (bytes, bytearray)):
+            img = decode_image(img, name)
+        elif isinstance(img, Image.Image):
+            img = img.convert("RGB")
+        else:
+            raise ValueError(f"cannot decode image {name}: unsupported value of type "
+                             f"{type(img).__name__} in column {self.image_column!r}")
+        return self.transform(img), label
+
+
+# -----------------------------------------------------------------------------------------
+# the datamodule
+# -----------------------------------------------------------------------------------------
+def _positive_int(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"data.{name} must be a positive int, got {v!r}")
+
+
+class ImageNetDataModule(L.LightningDataModule):
+    """ImageNet-1k (folder or parquet) or the embedded digits; see the module docstring.
+
+    Args:
+        source: ``"embedded"`` | ``"folder"`` | ``"parquet"``.
+        root: ``folder``: the directory holding ``train_split`` and ``val_split``.
+        train_split, val_split: ``folder``: split directory names.
+        train_files, val_files: ``parquet``: paths/globs (local or ``hf://``).
+        image_column, label_column: ``parquet`` column names.
+        num_classes: ``parquet``: override the inferred class count.
+        cache_dir: ``parquet``: ``datasets`` cache directory (default: HF's).
+        image_size: side of the (square) training images; default 16 for ``embedded``,
+            224 otherwise.
+        batch_size: per-device training batch; ``eval_batch_size`` for validation
+            (default: ``batch_size``).
+        num_workers: DataLoader workers per rank (``embedded`` needs none).
+        crop_scale: ``RandomResizedCrop`` area range; ``crop_ratio``: validation centre-crop
+            fraction (0.875 = 224/256).
+        val_fraction, split_seed: ``embedded`` split.
+    """
+
+    def __init__(self, source: Literal["embedded", "folder", "parquet"] = "embedded",
+                 root: Optional[str] = None, train_split: str = "train",
+                 val_split: str = "val",
+                 train_files: Optional[Union[str, list[str]]] = None,
+                 val_files: Optional[Union[str, list[str]]] = None,
+                 image_column: str = "image", label_column: str = "label",
+                 num_classes: Optional[int] = None, cache_dir: Optional[str] = None,
+                 image_size: Optional[int] = None, batch_size: int = 128,
+                 eval_batch_size: Optional[int] = None, num_workers: int = 8,
+                 pin_memory: bool = True, crop_scale: Sequence[float] = (0.08, 1.0),
+                 crop_ratio: float = 0.875, val_fraction: float = 0.2, split_seed: int = 0):
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"data.source: {source!r} is not allowed; choose one of "
+                             f"{', '.join(SOURCES)}")
+        self.source = source
+        _positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _positive_int("eval_batch_size", eval_batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an int >= 0, got {num_workers!r}")
+        if image_size is not None:
+            _positive_int("image_size", image_size)
+        scale = tuple(float(s) for s in crop_scale)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, "
+                             f"got {list(crop_scale)!r}")
+        if not 0.0 < float(crop_ratio) <= 1.0:
+            raise ValueError(f"data.crop_ratio must be in (0, 1], got {crop_ratio!r}")
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
+        if num_classes is not None:
+            _positive_int("num_classes", num_classes)
+
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.crop_scale, self.crop_ratio = scale, float(crop_ratio)
+        self.val_fraction, self.split_seed = float(val_fraction), split_seed
+        self.image_size: int = image_size or DEFAULT_IMAGE_SIZE[source]
+        self.root, self.train_split, self.val_split = root, train_split, val_split
+        self.image_column, self.label_column = image_column, label_column
+        self.cache_dir = cache_dir
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+
+        if source == "embedded":
+            self.channels, self.num_classes = 1, 10
+            if num_classes is not None and num_classes != 10:
+                raise ValueError(f"data.num_classes={num_classes} but the embedded digits "
+                                 "have 10 classes")
+        elif source == "folder":
+            if not root:
+                raise ValueError("data.root is required when data.source is 'folder'")
+            self.classes = check_folder_tree(root, train_split, val_split)
+            self.channels = 3
+            self.num_classes = len(self.classes)
+            if num_classes is not None and num_classes != self.num_classes:
+                raise ValueError(f"data.num_classes={num_classes} but {root!r} has "
+                                 f"{self.num_classes} class folders")
+        else:
+            if not train_files or not val_files:
+                raise ValueError("data.train_files and data.val_files are required when "
+                                 "data.source is 'parquet'")
+            self.train_files = expand_files(_as_list(train_files), "train_files")
+            self.val_files = expand_files(_as_list(val_files), "val_files")
+            self.channels = 3
+            n = num_classes or parquet_num_classes(self.train_files, label_column)
+            if n is None:
+                raise ValueError("data.num_classes: cannot infer the number of classes from "
+                                 f"{self.train_files[0]!r} (no ClassLabel metadata, remote "
+                                 "files); set data.num_classes")
+            self.num_classes = n
+
+    # -- info ---------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        info = {"source": self.source, "num_classes": self.num_classes,
+                "image_size": self.image_size, "channels": self.channels,
+                "batch_size (per device)": self.batch_size}
+        if self.source == "folder":
+            info["root"] = self.root
+        elif self.source == "parquet":
+            info["train_files"] = f"{len(self.train_files)} file(s), first {self.train_files[0]}"
+            info["val_files"] = f"{len(self.val_files)} file(s), first {self.val_files[0]}"
+        if self.train_set is not None:
+            info["train_samples"] = len(self.train_set)
+        if self.val_set is not None:
+            info["val_samples"] = len(self.val_set)
+        return info
+
+    # -- transforms ---------------------------------------------------------------------------
+    def train_transform(self):
+        from torchvision.transforms import v2
+        return v2.Compose([
+            v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def val_transform(self):
+        from torchvision.transforms import v2
+        return v2.Compose([
+            v2.Resize(round(self.image_size / self.crop_ratio), antialias=True),
+            v2.CenterCrop(self.image_size),
+            v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    # -- datasets -----------------------------------------------------------------------------
+    def _load_parquet(self, files: list[str], split: str):
+        import datasets
+
+        ds = datasets.load_dataset("parquet", data_files={split: files}, split=split,
+                                   cache_dir=self.cache_dir)
+        for col in (self.image_column, self.label_column):
+            if col not in ds.column_names:
+                field = "image_column" if col == self.image_column else "label_column"
+                raise ValueError(f"data.{field}: {col!r} is not a column of {files[0]!r} "
+                                 f"(columns: {', '.join(ds.column_names)})")
+        if isinstance(ds.features[self.image_column], datasets.Image):
+            ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
+        return ds
+
+    def prepare_data(self):
+        # rank 0 only: build datasets' Arrow cache once; setup() then reads it on every rank
+        if self.source == "parquet":
+            self._load_parquet(self.train_files, "train")
+            self._load_parquet(self.val_files, "validation")
+
+    def setup(self, stage: Optional[str] = None):
+        if self.train_set is not None and self.val_set is not None:
+            return
+        if self.source == "embedded":
+            x_tr, y_tr, x_va, y_va = digits_split(self.image_size, self.val_fraction,
+                                                  self.split_seed)
+            self.train_set, self.val_set = TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
+        elif self.source == "folder":
+            root = Path(self.root)
+            self.train_set = _image_folder(str(root / self.train_split), self.classes,
+                                           self.train_transform())
+            self.val_set = _image_folder(str(root / self.val_split), self.classes,
+                                         self.val_transform())
+        else:
+            self.train_set = ParquetImageDataset(
+                self._load_parquet(self.train_files, "train"), self.image_column,
+                self.label_column, self.train_transform(), f"train parquet {self.train_files[0]}")
+            self.val_set = ParquetImageDataset(
+                self._load_parquet(self.val_files, "validation"), self.image_column,
+                self.label_column, self.val_transform(), f"validation parquet {self.val_files[0]}")
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(f"data.batch_size={self.batch_size} is larger than the training "
+                             f"split ({len(self.train_set)} samples)")
+
+    # -- loaders ------------------------------------------------------------------------------
+    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=self.pin_memory and torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """ImageNet's labelled test set is its validation split."""
+        return self._loader(self.val_set, self.eval_batch_size, train=False)

@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/rotation_overhead.py
+	$(BIN)/python -m benchmarks.rotation_overhead
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -482,8 +482,14 @@ def run_probe(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    if args.cauchy_vectors == 1:
+    if args.cauchy_vectors == 1 or args.cauchy_vectors < 0:
         raise ProbeError("--cauchy-vectors must be 0 or at least 2")
+    for name in ("batches", "hessian_rows", "random_directions"):
+        if getattr(args, name) < 0:
+            raise ProbeError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.hessian_batches < 1 and (args.hessian_rows > 0 or args.cauchy_vectors > 0):
+        raise ProbeError("--hessian-batches must be >= 1 (or pass --hessian-rows 0 "
+                         "--cauchy-vectors 0)")
     st = ckpt_path.stat()
     types = _csv(args.row_types)
     layers = [int(x) for x in _csv(args.layers)] if args.layers else None
@@ -780,7 +786,7 @@ def print_summary(res: dict) -> None:
         a = summ["all"]
         for b in ("neuron", "layer", "other"):
             e = a[b]
-                rnd, upd = e.get("random_mean"), e.get("update_mean")
+            rnd, upd = e.get("random_mean"), e.get("update_mean")
             print(f"  I_{b:6s} mean|H_ij| = {e['mean_abs_value']:.3g}   r_i[I]·δ[I]: random "
                   f"{'n/a' if rnd is None else format(rnd, '+.3g')}, update "
                   f"{'n/a' if upd is None else format(upd, '+.3g')}")

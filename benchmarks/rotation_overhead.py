@@ -2,9 +2,9 @@
 (foreach, and fused where available), measured in the same run on the same parameter set,
 plus the overhead on a whole training step of a small GPT.
 
-    python benchmarks/rotation_overhead.py                    # GPT-2-124M-shaped parameters
-    python benchmarks/rotation_overhead.py --model small      # quicker on a CPU
-    python benchmarks/rotation_overhead.py --device cuda
+    python -m benchmarks.rotation_overhead                    # GPT-2-124M-shaped parameters
+    python -m benchmarks.rotation_overhead --model small      # quicker on a CPU
+    python -m benchmarks.rotation_overhead --device cuda
 
 Prints times and ratios (rotated / plain) and the device. On a GPU the floor is about 1–2x a
 fused AdamW step (both are memory-bound); the targets are ≤ 3x for the optimizer step and

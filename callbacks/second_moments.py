@@ -43,21 +43,21 @@ class SecondMomentHistogram(Callback):
         bins: number of equal-width bins on the log10 axis.
         log10_range: ``(lo, hi)`` of the bins; the edge bins absorb everything outside.
         per_type: also log one histogram per parameter type.
-        state_key: which state tensor to read.
+        moment: which optimizer-state tensor to read (``exp_avg_sq`` = Adam's v).
         tag: TensorBoard tag prefix.
         png: write a summary PNG at the end of training.
     """
 
     def __init__(self, every_n_steps: int = 500, bins: int = 120,
                  log10_range: tuple[float, float] = (-24.0, 0.0), per_type: bool = True,
-                 state_key: str = "exp_avg_sq", tag: str = "second_moment", png: bool = True):
+                 moment: str = "exp_avg_sq", tag: str = "second_moment", png: bool = True):
         if every_n_steps < 1 or bins < 1:
             raise ValueError("every_n_steps and bins must be positive")
         lo, hi = float(log10_range[0]), float(log10_range[1])
         if not hi > lo:
             raise ValueError(f"log10_range must be increasing, got {log10_range}")
         self.every_n_steps, self.bins, self.lo, self.hi = every_n_steps, bins, lo, hi
-        self.per_type, self.state_key, self.tag, self.png = per_type, state_key, tag, png
+        self.per_type, self.moment, self.tag, self.png = per_type, moment, tag, png
         self.history: list[tuple[int, dict]] = []   # (step, {name: counts list}) on the host
         self._last_step: Optional[int] = None
         self._views_cache: dict = {}
@@ -73,7 +73,7 @@ class SecondMomentHistogram(Callback):
         ``all`` and (``per_type``) every parameter type; ``{}`` without second moments."""
         acc: dict[str, list] = {}
         for vs in view_states(optimizer, views):
-            v = vs.get(self.state_key)
+            v = vs.get(self.moment)
             if v is None:
                 continue
             x = v.detach().reshape(-1).float()

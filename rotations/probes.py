@@ -62,6 +62,9 @@ Normalisations fixed here
   is an unbiased estimate of ``γ_i`` (``E log|X| = log γ`` for Cauchy; ``cos(π/2M)^M`` removes
   the bias of the exponentiated mean), with ``sd(log γ̂_i) = π/(2√M)``. The mean of ``γ̂_i``
   over *all* rows estimates ``‖H‖_(1,1)/d`` from ``M`` HVPs (per batch) instead of one per row.
+  The rows' errors share the probe vectors and are strongly correlated when ``H`` has a low
+  effective rank (as network Hessians do), so the relative error of that mean is up to
+  ``π/(2√M)`` — there is no ``1/√d`` gain in general; use ``M`` in the hundreds for ~10 %.
 * Update orthogonality (NeurIPS Sec. 4.2, App. C.4), for ``A`` of rank-dimension
   ``n = min(out, in)`` and singular values ``σ_1..σ_n`` (zeros included):
   ``cv_sv = std(σ)/mean(σ)`` (population std, ddof = 0);
@@ -539,8 +542,8 @@ def one_one_norm_cauchy(model: nn.Module, loss_fn: LossFn, batches: Sequence,
 
     ``batches`` must be re-iterable (a list): every vector uses all of them. Returns
     ``estimate`` (mean of ``γ̂_i`` over all ``d`` rows), ``row_rel_sd`` (``π/(2√M)``, the
-    sampling sd of each ``log γ̂_i``; the estimate's relative sd is at most that) and, for
-    ``indices``, the per-row estimates ``rows``.
+    sampling sd of each ``log γ̂_i``; the estimate's relative sd is at most about that, see
+    the module docstring), ``per_row`` (all ``γ̂_i``) and, for ``indices``, ``rows``.
     """
     batches = list(batches)
     logsum = None

@@ -405,3 +405,54 @@ def test_infer_layout_generic_model():
     assert conv.shape == (5, 27)
     emb = [v for v in views if v.name == "emb.weight"][0]
     assert emb.shape == (4, 11) and emb.transpose
+
+
+# -- DDP: two CPU processes (gloo) ---------------------------------------------------------
+def _ddp_worker(rank, world, port, scope, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = tiny_gpt()                       # same init on every rank
+        opt = RotatedOptimizer(groups(model), OPTS["adamw"], model_layout(model),
+                               RotationConfig(scope=scope, svd_refresh_every=2, block_size=24))
+        for x, y in batches(6, seed=10 + rank):  # different data per rank
+            opt.zero_grad()
+            model(x, y)[1].backward()
+            for p in model.parameters():         # what DDP does: average the gradients
+                dist.all_reduce(p.grad)
+                p.grad /= world
+            opt.step()
+        rot = opt.state_dict()["rotation"]
+        torch.save({"params": flat(model), "rotation": rot}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("scope", ["global", "svd"])
+def test_ddp_ranks_keep_identical_weights_and_rotations(tmp_path, scope):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, scope, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torch.equal(r0["params"], r1["params"])
+
+    def tensors(d, prefix=""):
+        for k, v in sorted(d.items()):
+            if isinstance(v, dict):
+                yield from tensors(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    a, b = dict(tensors(r0["rotation"])), dict(tensors(r1["rotation"]))
+    assert a.keys() == b.keys() and len(a) > 2
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from rotations.optimizer import group_of, view_states
+from rotations.probes import view_states
 from rotations.zoo import adam_moment_stats
 
 LOGGED = ("sigma2_mean", "sigma2_median", "sigma2_min", "ratio_mean", "ratio_median",
@@ -40,10 +40,12 @@ class AdamMomentStats(L.Callback):
     @torch.no_grad()
     def compute(self, optimizer, views) -> dict:
         by_type: dict[str, tuple[list, list, int, float]] = {}
-        for v, st in view_states(optimizer, views):
-            if "exp_avg_sq" not in st or "exp_avg" not in st:
+        for vs in view_states(optimizer, views):
+            v, st = vs.view, vs.state
+            m_v, v_v = vs.get("exp_avg"), vs.get("exp_avg_sq")
+            if m_v is None or v_v is None:
                 continue
-            b1, b2 = group_of(optimizer, v).get("betas", (None, None))
+            b1, b2 = vs.group.get("betas", (None, None))
             if b1 is None or abs(b1 - b2) > 1e-12:
                 if not self._warned:
                     rank_zero_warn(f"AdamMomentStats needs beta1 == beta2, got {(b1, b2)}; "
@@ -52,8 +54,8 @@ class AdamMomentStats(L.Callback):
                 return {}
             step = int(st["step"]) if "step" in st else 0
             m, s, _, _ = by_type.setdefault(v.ptype, ([], [], step, b1))
-            m.append(st["exp_avg"])
-            s.append(st["exp_avg_sq"])
+            m.append(m_v)
+            s.append(v_v)
         out = {}
         for ptype, (m, s, step, beta) in by_type.items():
             stats = adam_moment_stats(m, s, step, beta, beta)

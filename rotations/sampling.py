@@ -97,7 +97,7 @@ class BlockRotation:
 
     def dense(self) -> torch.Tensor:
         """The full ``d x d`` matrix ``R`` (tests and small problems only)."""
-        return self.rotate(torch.eye(self.d, dtype=torch.float64), dim=0)
+        return self.rotate(torch.eye(self.d, dtype=torch.float64), dim=0).contiguous()
 
     # -- application ------------------------------------------------------------------------
     def rotate(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:

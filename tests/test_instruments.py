@@ -25,6 +25,15 @@ from rotations.scopes import ColUnit, GlobalUnit, IdentityUnit, LayerUnit, Rotat
 
 
 # -- helpers ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny float64 problems: one intra-op thread (no OpenMP spinning on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def micro_gpt(seed=0, dtype=torch.float64, vocab=7, embd=4, block=4):
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, block_size=block, n_layer=1, n_head=2, n_embd=embd,

@@ -15,7 +15,8 @@ from lightning_modules.base import MUON_TYPES
 from lightning_modules.gpt import GPTLightningModule
 from rotations.config import RotationConfig
 from rotations.layout import model_layout
-from rotations.optimizer import RotatedOptimizer, view_states
+from rotations.optimizer import RotatedOptimizer
+from rotations.probes import view_states
 from rotations.zoo import AdamOneBeta, ClippedSGD, MuonAdamW, Signum, SignSGD
 
 SCOPES = ["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
@@ -150,9 +151,9 @@ def test_adam_one_beta_stats_callback_matches_state():
     stats = AdamMomentStats(every_n_steps=1).compute(opt, views)
     assert "adam/sigma2_mean/query" in stats and "adam/ratio_mean/embedding" in stats
     # recompute one entry by hand from the rotated-coordinate state
-    st = [s for v, s in view_states(opt, views) if v.ptype == "mlp_out"]
-    m_ = torch.cat([s["exp_avg"].reshape(-1) for s in st])
-    v_ = torch.cat([s["exp_avg_sq"].reshape(-1) for s in st])
+    st = [s for s in view_states(opt, views) if s.view.ptype == "mlp_out"]
+    m_ = torch.cat([s.get("exp_avg").reshape(-1) for s in st])
+    v_ = torch.cat([s.get("exp_avg_sq").reshape(-1) for s in st])
     bc = 1 - 0.95 ** 5
     sigma2 = v_ / bc - (m_ / bc) ** 2
     assert stats["adam/sigma2_mean/mlp_out"] == pytest.approx(sigma2.mean().item(), rel=1e-4)

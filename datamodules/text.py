@@ -51,14 +51,37 @@ every worker tokenize only its own documents; its cost is that with a streamed h
 each worker still *reads* the whole stream (other shards' documents are skipped before
 tokenization).
 
-Position
---------
-:class:`PackedTrainDataset` records, per shard, the position of the next window as
-``(epoch, position, offset)``: epoch, index into the shard's document list for that epoch,
-and tokens of that document (plus its EOT) already used. ``state_dict()`` /
-``load_state_dict()`` save and restore these; iterating again continues from them. With
-``num_workers > 0`` the live positions are in the worker processes (persistent workers keep
-them between Lightning epochs); gathering them for exact resume is left to a later change.
+Position and exact resume
+-------------------------
+The training data position is a pure function of the number of training batches this process
+has consumed, ``n``: there is no per-worker state to gather. With ``W`` DataLoader workers
+(``W = 1`` without workers) the DataLoader takes batches from its workers in turn, so batch
+``b`` of rank ``r`` is the ``b // W``-th batch of worker ``b % W``, i.e. windows
+``[(b // W) * batch_size, (b // W + 1) * batch_size)`` of shard ``r * W + b % W``
+(:func:`resume_schedule`). Window ``k`` of a shard starts at token ``k * (block_size + 1)`` of
+that shard's (infinite, epoch-contiguous) token stream, which :meth:`ShuffledDocuments.locate`
+maps to ``(epoch, position, offset)`` from the tokenized document lengths alone: resuming
+never re-tokenizes and never builds the skipped batches. A streamed hub corpus has no lengths
+up front; :meth:`StreamedDocuments.locate` re-reads the stream and tokenizes this shard's
+documents to count their lengths (at most one pass: the shard's documents are the same every
+epoch), still without building batches.
+
+:class:`TextDataModule` counts the training batches that reach the model
+(:meth:`TextDataModule.on_before_batch_transfer`, which Lightning calls for consumed batches
+only, never for the one it prefetches) in a :class:`TrainProgress` shared with its dataset, saves
+the count in the checkpoint (``state_dict``; every rank consumes the same number of batches, so
+rank 0's count restores every rank) and restores it on resume. Each ``iter()`` of the training
+DataLoader (its workers are not persistent, so they are started from the current count)
+starts every worker at its next unconsumed window, the first batch coming from the worker whose
+turn it is. A checkpoint without a count (older checkpoints) falls back to
+``global_step * accumulate_grad_batches``. Resuming with another world size, worker count,
+batch size or block size is allowed but is not a continuation of the same stream (a warning
+says so).
+
+:class:`PackedTrainDataset` used without a :class:`TrainProgress` (tools, tests) still records,
+per shard, the position of the next window as ``(epoch, position, offset)``: epoch, index into
+the shard's document list for that epoch, and tokens of that document (plus its EOT) already
+used; ``state_dict()`` / ``load_state_dict()`` save and restore these.
 """
 from __future__ import annotations
 
@@ -67,6 +90,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +102,7 @@ import pyarrow
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.tokenizers import Tokenizer, build_tokenizer
@@ -172,6 +197,26 @@ def expand_local_paths(paths: Sequence[str]) -> list[Path]:
             if path.resolve() not in seen:
                 seen.add(path.resolve())
                 files.append(path)
+    return files
+
+
+def check_local_files(paths: Sequence[str]) -> list[Path]:
+    """Cheap up-front checks of a local corpus (before any training): every entry matches
+    files, and every file has a supported type, is not empty and can be opened. Errors name the
+    entry or file. Returns the files."""
+    files = expand_local_paths(paths)
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix not in LOCAL_SUFFIXES:
+            raise ValueError(f"local file {str(path)!r} has unsupported type {suffix!r}; "
+                             f"supported: {', '.join(LOCAL_SUFFIXES)}")
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError(f"local file {str(path)!r} is empty")
+            with path.open("rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise ValueError(f"could not read local file {str(path)!r}: {e}") from e
     return files
 
 
@@ -408,6 +453,18 @@ class TrainDocuments(Protocol):
         """``(position, document id, tokens)`` of the documents that shard ``shard`` of
         ``num_shards`` gets in ``epoch``, from its position ``start`` on."""
 
+    def locate(self, shard: int, num_shards: int, token: int) -> tuple[int, int, int]:
+        """``(epoch, position, offset)`` of token ``token`` of the shard's token stream
+        (its documents of epoch 0, 1, ..., each followed by EOT)."""
+
+
+def locate_in_lengths(lengths: np.ndarray, token: int) -> tuple[int, int]:
+    """``(position, offset)`` of token ``token`` in the concatenation of documents of
+    ``lengths`` tokens (``token < lengths.sum()``)."""
+    ends = np.cumsum(lengths)
+    position = int(np.searchsorted(ends, token, side="right"))
+    return position, int(token - (ends[position - 1] if position else 0))
+
 
 class ShuffledDocuments:
     """In-memory training documents, in a fresh seeded order each epoch."""
@@ -430,6 +487,22 @@ class ShuffledDocuments:
         mine = self.epoch_order(epoch)[shard::num_shards]
         for position in range(start, len(mine)):
             yield position, int(mine[position]), self.documents[mine[position]]
+
+    def locate(self, shard: int, num_shards: int, token: int) -> tuple[int, int, int]:
+        """From the stored document lengths alone (no tokenization, no windows built)."""
+        if self.num_documents < num_shards:
+            raise ValueError(
+                f"{self.num_documents} training documents cannot be shared by {num_shards} "
+                "shards (world_size x num_workers); use fewer workers or a larger corpus")
+        lengths = self.documents.lengths()
+        epoch = 0
+        while True:
+            mine = lengths[self.epoch_order(epoch)[shard::num_shards]]
+            total = int(mine.sum())
+            if token < total:
+                return (epoch, *locate_in_lengths(mine, token))
+            token -= total
+            epoch += 1
 
 
 class StreamedDocuments:
@@ -454,6 +527,25 @@ class StreamedDocuments:
             if mine == shard and position >= start:
                 yield position, j, np.asarray(self.tokenizer.encode(text), dtype=np.int64)
 
+    def locate(self, shard: int, num_shards: int, token: int) -> tuple[int, int, int]:
+        """Reads the stream and tokenizes this shard's documents to learn their lengths
+        (at most one pass: the shard gets the same documents every epoch)."""
+        if token == 0:
+            return 0, 0, 0
+        lengths: list[int] = []
+        used = 0
+        for position, _, tokens in self.shard_epoch(0, shard, num_shards):
+            n = len(tokens) + 1
+            if used + n > token:
+                return 0, position, token - used
+            lengths.append(n)
+            used += n
+        if used == 0:
+            raise RuntimeError(f"training shard {shard} of {num_shards} received no documents; "
+                               "the corpus is too small")
+        epoch, token = divmod(token, used)
+        return (epoch, *locate_in_lengths(np.asarray(lengths), token))
+
 
 # --------------------------------------------------------------------------------------
 # Datasets
@@ -466,24 +558,70 @@ def distributed_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM, so a preemption signal sent to
+    the whole process group reaches the trainer (which saves and stops) without killing the
+    workers under it first. Workers still exit with their parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class TrainProgress:
+    """Training batches consumed so far by this process: the whole data position (see the
+    module docstring). Shared by :class:`TextDataModule` and its :class:`PackedTrainDataset`;
+    DataLoader workers get a copy of it as it is when the DataLoader is iterated."""
+
+    def __init__(self, batches: int = 0):
+        self.batches = batches
+
+    def __repr__(self) -> str:
+        return f"TrainProgress(batches={self.batches})"
+
+
+def resume_schedule(batches: int, worker_id: int, num_workers: int,
+                    batch_size: int) -> tuple[int, int]:
+    """Where DataLoader worker ``worker_id`` of ``num_workers`` starts when the DataLoader is
+    iterated after ``batches`` batches were consumed: ``(logical worker, first window)``.
+
+    The DataLoader takes batch ``j`` of a fresh iterator from worker ``j % num_workers``; batch
+    ``batches + j`` of the whole run must come from worker ``(batches + j) % num_workers`` of
+    the straight run, so physical worker ``w`` plays logical worker
+    ``(w + batches) % num_workers`` and skips the ``batch_size``-window batches that logical
+    worker already delivered.
+    """
+    if batches < 0 or not 0 <= worker_id < num_workers:
+        raise ValueError(f"invalid schedule: {batches} batches, worker {worker_id} of {num_workers}")
+    logical = (worker_id + batches) % num_workers
+    done = max(0, (batches - logical + num_workers - 1) // num_workers)
+    return logical, done * batch_size
+
+
 class PackedTrainDataset(IterableDataset):
     """Infinite stream of ``block_size + 1`` token windows of this process's training shard.
 
     ``rank`` / ``world_size`` default to the process group at iteration time; worker id and
     count come from ``torch.utils.data.get_worker_info()``. :meth:`iter_windows` takes
     explicit values of all four (for tests and tools).
+
+    With ``batch_size`` and ``progress`` (a :class:`TrainProgress`), iteration starts at the
+    position of batch ``progress.batches`` of this rank (:func:`resume_schedule`), whatever
+    was iterated before; without them it continues from the recorded per-shard positions.
     """
 
     def __init__(self, documents: TrainDocuments, block_size: int, eot_token: int,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None,
+                 batch_size: int | None = None, progress: TrainProgress | None = None):
         super().__init__()
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
+        if (batch_size is None) != (progress is None):
+            raise ValueError("pass both batch_size and progress, or neither")
         self.documents = documents
         self.block_size = block_size
         self.eot_token = eot_token
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size
+        self.progress = progress
         # "shard/num_shards" -> {"epoch", "position", "offset"} of the next window.
         self._positions: dict[str, dict[str, int]] = {}
 
@@ -496,7 +634,22 @@ class PackedTrainDataset(IterableDataset):
         self._positions = {k: dict(v) for k, v in state["positions"].items()}
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.iter_windows()
+        if self.progress is None:
+            return self.iter_windows()
+        # Resolved now (not lazily in the generator): the position is that of this iter().
+        rank, world_size = ((self.rank, self.world_size) if self.rank is not None
+                            else distributed_rank_world())
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        logical, window = resume_schedule(self.progress.batches, worker_id, num_workers,
+                                          self.batch_size)
+        return self.iter_windows(rank, world_size, logical, num_workers, start_window=window)
+
+    def locate_window(self, window: int, shard: int, num_shards: int) -> dict[str, int]:
+        """``{"epoch", "position", "offset"}`` where window ``window`` of a shard starts."""
+        epoch, position, offset = self.documents.locate(shard, num_shards,
+                                                        window * (self.block_size + 1))
+        return {"epoch": epoch, "position": position, "offset": offset}
 
     def _shard(self, rank, world_size, worker_id, num_workers) -> tuple[int, int]:
         if (rank is None) != (world_size is None) or (worker_id is None) != (num_workers is None):
@@ -514,11 +667,15 @@ class PackedTrainDataset(IterableDataset):
 
     def iter_windows(self, rank: int | None = None, world_size: int | None = None,
                      worker_id: int | None = None,
-                     num_workers: int | None = None) -> Iterator[torch.Tensor]:
-        """Windows (int64, ``block_size + 1``) of one shard, forever, from its position."""
+                     num_workers: int | None = None,
+                     start_window: int | None = None) -> Iterator[torch.Tensor]:
+        """Windows (int64, ``block_size + 1``) of one shard, forever, from its recorded
+        position, or from window ``start_window`` of the shard's stream when given."""
         shard, num_shards = self._shard(rank, world_size, worker_id, num_workers)
-        pos = self._positions.setdefault(f"{shard}/{num_shards}",
-                                         {"epoch": 0, "position": 0, "offset": 0})
+        key = f"{shard}/{num_shards}"
+        if start_window is not None:
+            self._positions[key] = self.locate_window(start_window, shard, num_shards)
+        pos = self._positions.setdefault(key, {"epoch": 0, "position": 0, "offset": 0})
         epoch, start, skip = pos["epoch"], pos["position"], pos["offset"]
         packer = WindowPacker(self.block_size + 1)
         while True:
@@ -618,6 +775,8 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError("source='local' requires paths (files, directories or globs)")
         if source != "local" and paths:
             raise ValueError(f"paths is only used with source='local', got source={source!r}")
+        if source == "local":
+            check_local_files(paths)  # missing, empty or unreadable files: refused now
         for name, value in (("hub_dataset", hub_dataset), ("hub_split", hub_split),
                             ("text_column", text_column)):
             if not isinstance(value, str) or not value:
@@ -646,6 +805,7 @@ class TextDataModule(L.LightningDataModule):
 
         self.train_documents: TrainDocuments | None = None
         self.train_dataset: PackedTrainDataset | None = None
+        self.progress = TrainProgress()  # the training data position (batches consumed)
         self.val_windows: torch.Tensor | None = None  # (N, block_size + 1), all ranks
         self._info: dict = {}
         self._ready = False
@@ -713,15 +873,71 @@ class TextDataModule(L.LightningDataModule):
     # -- loaders -----------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
+        """This rank's training batches, from the current data position (module docstring)."""
         self.setup()
+        rank, world_size = distributed_rank_world()
         if self.train_dataset is None:
-            rank, world_size = distributed_rank_world()
             self.train_dataset = PackedTrainDataset(self.train_documents, self.block_size,
-                                                    self.eot_token, rank, world_size)
+                                                    self.eot_token, rank, world_size,
+                                                    batch_size=self.batch_size,
+                                                    progress=self.progress)
+        self._check_resume(world_size)
         workers = self.hparams.num_workers
+        # Workers are not persistent: each iter() starts them from ``self.progress``.
         return DataLoader(self.train_dataset, batch_size=self.batch_size, num_workers=workers,
                           collate_fn=collate_windows, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0)
+                          persistent_workers=False,
+                          worker_init_fn=ignore_sigterm if workers > 0 else None)
+
+    # -- data position (exact resume) ----------------------------------------------------
+
+    def _layout(self, world_size: int | None = None) -> dict:
+        hp = self.hparams
+        if world_size is None:
+            world_size = distributed_rank_world()[1]
+        return {"world_size": world_size, "num_workers": hp.num_workers,
+                "batch_size": self.batch_size, "block_size": self.block_size, "seed": hp.seed,
+                "max_bytes": hp.max_bytes, "source": hp.source}
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts the training batches that reach the model (Lightning calls this for each
+        consumed batch, never for the one it prefetches)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            self.progress.batches += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        """The data position: training batches consumed by each rank (all equal), and the
+        layout they were consumed under."""
+        return {"train_batches": int(self.progress.batches), "layout": self._layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_batches" not in state:
+            return
+        self.progress.batches = int(state["train_batches"])
+        self._saved_layout = dict(state.get("layout") or {})
+
+    def _check_resume(self, world_size: int) -> None:
+        """On resume: fall back to ``global_step * accumulate_grad_batches`` for checkpoints
+        without a data position; warn when the layout changed."""
+        trainer = self.trainer
+        saved = getattr(self, "_saved_layout", None)
+        if trainer is not None and saved is None and self.progress.batches == 0 \
+                and trainer.global_step > 0:
+            self.progress.batches = trainer.global_step * trainer.accumulate_grad_batches
+            rank_zero_warn(f"the checkpoint has no training data position; assuming "
+                           f"{self.progress.batches} batches (global_step x "
+                           f"accumulate_grad_batches) were consumed by each rank")
+        if saved:
+            now = self._layout(world_size)
+            changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+            if changed:
+                what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                rank_zero_warn(f"resuming the training data with a different layout ({what}); "
+                               f"the stream restarts at batch {self.progress.batches} of the new "
+                               "layout, which is not the continuation of the checkpointed run")
+            self._saved_layout = {}
 
     def val_dataloader(self) -> DataLoader:
         """This rank's equal share of the validation windows, in order."""

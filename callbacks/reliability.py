@@ -275,7 +275,11 @@ class NonFiniteGuard(Callback):
         self.skipped: list[int] = []          # steps skipped in this run
         self._consecutive = 0
         self._pending: Optional[str] = None   # non-finite loss of an accumulated micro-batch
+        self._step_at_start: Optional[int] = None
         self._wrapped: list[tuple[torch.optim.Optimizer, Any]] = []
+        self._grad_checked: set[int] = set()  # optimizers whose gradients are checked
+        self._grads_ok: Optional[bool] = None
+        self._culprits: list[str] = []
         self._names: dict[int, str] = {}
 
     # -- state (skipped steps survive a resume) ----------------------------------------------
@@ -293,6 +297,8 @@ class NonFiniteGuard(Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         for opt in trainer.optimizers:
             grads = scaler is None and not requires_closure(opt)
+            if grads:
+                self._grad_checked.add(id(opt))
             self._wrap(trainer, opt, check_grads=grads, closure_based=requires_closure(opt))
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -311,6 +317,7 @@ class NonFiniteGuard(Callback):
             else:
                 opt.step = original
         self._wrapped = []
+        self._grad_checked = set()
 
     def _wrap(self, trainer, opt, check_grads: bool, closure_based: bool) -> None:
         original = opt.__dict__.get("step")   # instance attribute (an LR scheduler's patch)
@@ -356,7 +363,7 @@ class NonFiniteGuard(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # a non-finite loss of a micro-batch whose optimizer step comes later (accumulation)
-        if self.action == "off" or trainer.global_step != getattr(self, "_step_at_start", None):
+        if self.action == "off" or trainer.global_step != self._step_at_start:
             return
         v = _finite_value(outputs)
         if v is not None:
@@ -364,12 +371,13 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # runs inside the closure, before gradient clipping spreads a NaN to every gradient:
-        # remember which gradients were non-finite in the first place
-        self._culprits = []
-        if self.action == "off" or not self._wrapped:
+        # check here, and remember which gradients were non-finite in the first place
+        self._grads_ok, self._culprits = None, []
+        if id(optimizer) not in self._grad_checked:
             return
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not _all_finite([p.grad for p in params]):
+        self._grads_ok = _all_finite([p.grad for p in params])
+        if not self._grads_ok:
             self._culprits = [self._names.get(id(p), "?") for p in params
                               if not bool(torch.isfinite(p.grad).all())]
 
@@ -381,14 +389,16 @@ class NonFiniteGuard(Callback):
         if v is not None:
             problems.append(f"loss ({v})")
         if check_grads:
-            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if not _all_finite(grads):
-                bad = getattr(self, "_culprits", None) or [
-                    self._names.get(id(p), "?") for g in opt.param_groups for p in g["params"]
-                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            ok, bad = self._grads_ok, self._culprits
+            if ok is None:   # not checked before clipping (hook not reached): check now
+                grads = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+                ok = _all_finite([p.grad for p in grads])
+                bad = [self._names.get(id(p), "?") for p in grads
+                       if not ok and not bool(torch.isfinite(p.grad).all())]
+            if not ok:
                 shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
                 problems.append(f"gradient of {shown}")
-        self._culprits = []
+        self._grads_ok, self._culprits = None, []
         return "; ".join(problems) if problems else None
 
     def _agree(self, trainer, bad: bool) -> bool:

@@ -85,6 +85,8 @@ used; ``state_dict()`` / ``load_state_dict()`` save and restore these.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import hashlib
 import json
@@ -92,6 +94,7 @@ import math
 import os
 import signal
 import sysconfig
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Protocol, Sequence
@@ -561,8 +564,54 @@ def distributed_rank_world() -> tuple[int, int]:
 def ignore_sigterm(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore SIGTERM, so a preemption signal sent to
     the whole process group reaches the trainer (which saves and stops) without killing the
-    workers under it first. Workers still exit with their parent."""
+    workers under it first (the DataLoader would then fail the step). The trainer shuts its
+    workers down itself: normally, on an exception (:meth:`TextDataModule.on_exception`) and,
+    as a last resort, at interpreter exit (:func:`_kill_leftover_workers`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+#: live multi-process iterators of training DataLoaders (their workers ignore SIGTERM)
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def shutdown_train_workers(iterators: "weakref.WeakSet | None" = None) -> None:
+    """Shut down (gracefully) the workers of the given live training DataLoader iterators
+    (default: all of this process)."""
+    iterators = _LIVE_ITERATORS if iterators is None else iterators
+    for it in list(iterators):
+        with contextlib.suppress(Exception):
+            it._shutdown_workers()
+        iterators.discard(it)
+        _LIVE_ITERATORS.discard(it)
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    """At exit, shut down workers of iterators that were never shut down, and SIGKILL any that
+    remain: they ignore the SIGTERM that ``multiprocessing`` sends its children before joining
+    them, which would hang the exit."""
+    iterators = list(_LIVE_ITERATORS)
+    shutdown_train_workers()
+    for it in iterators:
+        for w in getattr(it, "_workers", None) or []:
+            with contextlib.suppress(Exception):
+                if w.is_alive():
+                    w.kill()
+
+
+class TrainDataLoader(DataLoader):
+    """DataLoader that registers its multi-process iterators in :data:`_LIVE_ITERATORS` (and
+    in ``self.live_iterators`` when set)."""
+
+    live_iterators: "weakref.WeakSet | None" = None
+
+    def _get_iterator(self):
+        it = super()._get_iterator()
+        if self.num_workers > 0:
+            _LIVE_ITERATORS.add(it)
+            if self.live_iterators is not None:
+                self.live_iterators.add(it)
+        return it
 
 
 class TrainProgress:
@@ -806,6 +855,7 @@ class TextDataModule(L.LightningDataModule):
         self.train_documents: TrainDocuments | None = None
         self.train_dataset: PackedTrainDataset | None = None
         self.progress = TrainProgress()  # the training data position (batches consumed)
+        self._train_iterators: weakref.WeakSet = weakref.WeakSet()
         self.val_windows: torch.Tensor | None = None  # (N, block_size + 1), all ranks
         self._info: dict = {}
         self._ready = False
@@ -884,12 +934,23 @@ class TextDataModule(L.LightningDataModule):
         self._check_resume(world_size)
         workers = self.hparams.num_workers
         # Workers are not persistent: each iter() starts them from ``self.progress``.
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, num_workers=workers,
-                          collate_fn=collate_windows, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=False,
-                          worker_init_fn=ignore_sigterm if workers > 0 else None)
+        loader = TrainDataLoader(self.train_dataset, batch_size=self.batch_size,
+                                 num_workers=workers, collate_fn=collate_windows,
+                                 pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                                 worker_init_fn=ignore_sigterm if workers > 0 else None)
+        loader.live_iterators = self._train_iterators
+        return loader
 
     # -- data position (exact resume) ----------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_train_iterators"] = None          # weak references do not pickle (ddp_spawn)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._train_iterators = weakref.WeakSet()
 
     def _layout(self, world_size: int | None = None) -> dict:
         hp = self.hparams
@@ -906,6 +967,13 @@ class TextDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             self.progress.batches += 1
         return batch
+
+    def on_exception(self, exception: BaseException) -> None:
+        shutdown_train_workers(self._train_iterators)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            shutdown_train_workers(self._train_iterators)
 
     def state_dict(self) -> dict:
         """The data position: training batches consumed by each rank (all equal), and the

@@ -205,15 +205,17 @@ class AdamrotCLI(LightningCLI):
         ckpt = str(ckpt)
         if ckpt in CKPT_KEYWORDS or ckpt.startswith("registry") or "://" in ckpt:
             return
+        label = (f"checkpoint {ckpt!r} (found by --resume auto; --resume never starts over)"
+                 if auto else f"--ckpt_path {ckpt!r}")
         if not os.path.isfile(ckpt):
-            self._refuse(f"--ckpt_path {ckpt!r} does not exist")
+            self._refuse(f"{label} does not exist")
         try:
             loaded = _load_checkpoint(ckpt)
         except Exception as e:  # noqa: BLE001
-            self._refuse(f"--ckpt_path {ckpt!r} cannot be loaded (weights_only=True): "
+            self._refuse(f"{label} cannot be loaded (weights_only=True): "
                          f"{type(e).__name__}: {e}")
         if not isinstance(loaded, dict) or "state_dict" not in loaded:
-            self._refuse(f"--ckpt_path {ckpt!r} is not a Lightning checkpoint (no state_dict)")
+            self._refuse(f"{label} is not a Lightning checkpoint (no state_dict)")
         self._resume_checkpoint = loaded
         self._check_checkpoint_hparams(sub, ckpt, loaded, auto)
 

@@ -85,7 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``save_checkpoint`` writes ``torch.save`` output to a temporary file in the target's
     directory, flushes and fsyncs it, renames it over the target with ``os.replace`` (atomic on
     POSIX) and fsyncs the directory: a reader sees the old file or the new one, never a torn
-    one, and a crash at any point leaves the previous checkpoint intact. Remote (fsspec)
+    one, and a crash at any point leaves the previous checkpoint intact (a temp file left by a
+    killed writer is removed by the next successful save of that target). Remote (fsspec)
     paths fall back to Lightning's transactional save.
 
     ``load_checkpoint`` uses ``torch.load(weights_only=True)`` unless a caller explicitly asks
@@ -115,6 +116,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
             raise
         _fsync_dir(directory)
+        # temp files of this target left by a writer that was killed (SIGKILL, power loss)
+        for stale in Path(directory).glob(f".{os.path.basename(path)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:

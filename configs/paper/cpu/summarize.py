@@ -173,11 +173,11 @@ def main():
         p = sc[s] / "probe" / "probe.json"
         if p.exists():
             d = json.loads(p.read_text())
-            h = d.get("hessian", {}).get("summary", {}).get("all", {})
+            h = (d.get("hessian") or {}).get("summary", {}).get("all", {})
             pr[s] = {"linf": d["gradient_bound"]["value"],
-                     "one_one": d.get("one_one_norm", {}).get("estimate"),
-                     "one_one_se": d.get("one_one_norm", {}).get("stderr"),
-                     "one_one_cauchy": d.get("one_one_norm_cauchy", {}).get("estimate"),
+                     "one_one": (d.get("one_one_norm") or {}).get("estimate"),
+                     "one_one_se": (d.get("one_one_norm") or {}).get("stderr"),
+                     "one_one_cauchy": (d.get("one_one_norm_cauchy") or {}).get("estimate"),
                      **{f"{b}_{k}": h.get(b, {}).get(k) for b in ("neuron", "layer", "other")
                         for k in ("mean_abs_value", "random_mean", "update_mean", "l1_share")}}
     OUT["probes"] = pr

@@ -129,6 +129,7 @@ def straight(tmp_path_factory):
 
 # ---- 1. exact resume ---------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_data_position_is_a_function_of_batches_consumed(workers):
     """Iterating the training DataLoader from ``progress.batches = n`` gives batch n, n+1, …

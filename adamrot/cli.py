@@ -71,8 +71,9 @@ EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE = 3
 RESUME_MODES = ("auto", "never")
 #: model hyperparameters that may differ between a checkpoint and the run resuming from it
-#: (runtime choices that do not change the model, the optimizer or the rotation)
-RESUME_MAY_DIFFER = ("compile", "peak_flops", "attention")
+#: (runtime choices that do not change the model, the optimizer or the rotation; and the end of
+#: the cosine, so that a finished run can be extended — as ``trainer.max_steps`` can)
+RESUME_MAY_DIFFER = ("compile", "peak_flops", "attention", "decay_steps")
 #: Lightning's special ``ckpt_path`` values
 CKPT_KEYWORDS = ("last", "best", "hpc")
 

@@ -317,7 +317,7 @@ def auto_label_keys(runs: Sequence[RunData], exclude: Iterable[str] = ()) -> lis
         if all(names_run(n, v) for n, v in zip(names, vals)):
             continue  # e.g. logger name / version set to the run name
         if ".init_args." in k:
-            cp = k[: k.index(".init_args.")] + ".class_path"
+            cp = k[: k.rindex(".init_args.")] + ".class_path"   # the nearest enclosing class
             if cp in keys:
                 by_cls: dict[str, set[str]] = {}
                 for c, v in zip(configs, vals):

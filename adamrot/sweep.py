@@ -565,6 +565,8 @@ def plan_action(entry: dict[str, Any] | None, run_dir: str, only_failed: bool = 
     """One of ``skip-finished``, ``skip``, ``resume``, ``rerun``, ``run``."""
     status = (entry or {}).get("status", "pending")
     if status == "finished":
+        if not os.path.isdir(run_dir) or not any(os.scandir(run_dir)):
+            return "run"          # its directory was deleted: run it again from scratch
         return "skip-finished"
     if only_failed and status != "failed":
         return "skip"

@@ -115,6 +115,22 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 # File suffix of ``hub_data_files`` -> ``datasets`` packaged builder.
 HUB_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv",
                 ".txt": "text"}
+# Compression suffixes ``datasets`` decompresses while streaming (e.g. SlimPajama-627B's
+# ``.jsonl.zst``; zstd needs the ``zstandard`` package, a dependency).
+HUB_COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
+
+
+def hub_builder(data_files: str) -> str:
+    """The ``datasets`` builder for ``hub_data_files`` (by suffix, under a compression suffix)."""
+    path = Path(data_files)
+    suffix = path.suffix.lower()
+    if suffix in HUB_COMPRESSIONS:
+        suffix = Path(path.stem).suffix.lower()
+    if suffix not in HUB_BUILDERS:
+        raise ValueError(f"hub_data_files {data_files!r}: cannot tell the file type from "
+                         f"{suffix!r}; supported: {', '.join(HUB_BUILDERS)}, each optionally "
+                         f"compressed ({', '.join(HUB_COMPRESSIONS)})")
+    return HUB_BUILDERS[suffix]
 
 
 # --------------------------------------------------------------------------------------
@@ -293,11 +309,7 @@ def hub_texts(dataset: str, data_files: str | None = None, split: str = "train",
         ds = datasets.load_dataset(dataset, revision="refs/convert/parquet", split=split,
                                    streaming=True)
     else:
-        suffix = Path(data_files).suffix.lower()
-        if suffix not in HUB_BUILDERS:
-            raise ValueError(f"hub_data_files {data_files!r}: cannot tell the file type from "
-                             f"{suffix!r}; supported: {', '.join(HUB_BUILDERS)}")
-        ds = datasets.load_dataset(HUB_BUILDERS[suffix], data_files={split: data_files},
+        ds = datasets.load_dataset(hub_builder(data_files), data_files={split: data_files},
                                    split=split, streaming=True)
     if ds.column_names is not None and text_column not in ds.column_names:
         raise ValueError(f"hub dataset {dataset!r} has no column {text_column!r} "

@@ -44,6 +44,8 @@ __all__ = [
     "AdamOneBeta",
     "ClippedSGD",
     "MuonAdamW",
+    "Float32Muon",
+    "newton_schulz_fp32",
     "is_decoupled",
     "DECOUPLED_WEIGHT_DECAY",
     "adam_moment_stats",
@@ -351,6 +353,54 @@ class ClippedSGD(torch.optim.SGD):
 _ADAMW_ALIASES = ("adamw_lr", "adamw_betas", "adamw_eps", "adamw_weight_decay")
 
 
+def newton_schulz_fp32(g: Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                       eps: float) -> Tensor:
+    """The quintic Newton–Schulz orthogonalisation of ``torch.optim.Muon`` (same coefficients,
+    normalisation and transposition rule), computed in float32 instead of bfloat16."""
+    a, b, c = ns_coefficients
+    x = g.float()
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Float32Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` with its Newton–Schulz iteration in float32 (see
+    :func:`newton_schulz_fp32`); everything else — momentum buffer (state key
+    ``momentum_buffer``), Nesterov, lr adjustment, decoupled weight decay — is Muon's."""
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        from torch.optim._muon import _adjust_lr  # the library's own adjustment rule
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+            for p, g, buf in zip(params, grads, bufs):
+                buf.lerp_(g, 1 - mom)
+                update = g.lerp(buf, mom) if group["nesterov"] else buf
+                update = newton_schulz_fp32(update, group["ns_coefficients"],
+                                            group["ns_steps"], group["eps"])
+                p.mul_(1 - lr * wd)
+                p.add_(update.to(p.dtype),
+                       alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+#: ``MuonAdamW(ns_dtype=...)`` -> the Muon class used for the hidden matrices
+NS_DTYPES: dict[str, type] = {"bfloat16": torch.optim.Muon, "float32": Float32Muon}
+
+
 class MuonAdamW(Optimizer):
     r"""``torch.optim.Muon`` on groups flagged ``use_muon=True``, ``torch.optim.AdamW`` on the rest.
 
@@ -370,7 +420,15 @@ class MuonAdamW(Optimizer):
     at ``adamw_lr``); they are not valid group keys.
 
     Both parts use decoupled weight decay ``p <- p - group["lr"] * group["weight_decay"] * p``
-    (Muon uses the unadjusted lr for it). ``state`` is shared with the inner optimizers;
+    (Muon uses the unadjusted lr for it).
+
+    ``ns_dtype``: ``"bfloat16"`` (default) runs ``torch.optim.Muon`` itself, whose
+    Newton–Schulz iteration is in bfloat16 — fast on GPUs, but ~50× slower than fp32 on
+    CPUs without bf16 matrix units. ``"float32"`` runs the identical algorithm (same state
+    key ``momentum_buffer``, same lr adjustment and weight decay) with the iteration in
+    float32 (:class:`Float32Muon`), for CPU runs.
+
+    ``state`` is shared with the inner optimizers;
     ``state_dict()`` is the standard one over the combined groups, and
     ``load_state_dict`` re-links the loaded groups into the inner optimizers.
     """
@@ -394,7 +452,12 @@ class MuonAdamW(Optimizer):
         adjust_lr_fn: Optional[str] = None,
         ns_coefficients: Optional[tuple[float, float, float]] = None,
         muon_eps: Optional[float] = None,
+        ns_dtype: str = "bfloat16",
     ) -> None:
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"MuonAdamW ns_dtype={ns_dtype!r} is not supported; allowed: "
+                             f"{', '.join(NS_DTYPES)}")
+        self._muon_cls = NS_DTYPES[ns_dtype]
         muon_defaults: dict[str, Any] = {
             "lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
             "weight_decay": weight_decay, "adjust_lr_fn": adjust_lr_fn,
@@ -467,7 +530,7 @@ class MuonAdamW(Optimizer):
             group.setdefault(k, v)
         inner = self._muon if use_muon else self._adamw
         if inner is None:
-            cls = torch.optim.Muon if use_muon else torch.optim.AdamW
+            cls = self._muon_cls if use_muon else torch.optim.AdamW
             inner = cls([group], **kind_defaults)  # appends `group` itself
             inner.state = self.state
             if use_muon:
@@ -497,13 +560,14 @@ class MuonAdamW(Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(
-            _muon=self._muon, _adamw=self._adamw,
+            _muon=self._muon, _adamw=self._adamw, _muon_cls=self._muon_cls,
             _muon_defaults=self._muon_defaults, _adamw_defaults=self._adamw_defaults,
         )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_muon_cls", torch.optim.Muon)
         if "_muon" in self.__dict__:
             self._relink()
 
@@ -516,7 +580,7 @@ class MuonAdamW(Optimizer):
                 loss = closure()
         # Unwrapped steps: step hooks run once, for this optimizer (not for the inner ones).
         if self._muon is not None:
-            _raw_step(torch.optim.Muon)(self._muon)
+            _raw_step(type(self._muon))(self._muon)
         if self._adamw is not None:
             _raw_step(torch.optim.AdamW)(self._adamw)
         return loss

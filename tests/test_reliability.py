@@ -301,6 +301,18 @@ def test_mismatched_checkpoint_is_refused(straight, tmp_path, capsys):
     assert "nope.ckpt" in err and "does not exist" in err
 
 
+def test_resume_may_extend_the_schedule(straight, tmp_path):
+    """``model.decay_steps`` (like ``trainer.max_steps``) may change on resume: the run goes on
+    from the checkpoint with the new cosine; the rotation and weights are the checkpoint's."""
+    base = straight("w0_svd")
+    ckpt = str(step_ckpt(base, 6))
+    assert fit([*VARIANTS["w0_svd"], "--model.init_args.decay_steps", "40",
+                "--ckpt_path", ckpt], tmp_path) == 0
+    lr_a, lr_b = losses(base, "train/lr"), losses(tmp_path, "train/lr")
+    assert sorted(lr_b) == [6, 7]
+    assert lr_b[6] > lr_a[6] and lr_b[7] > lr_a[7]      # a longer cosine decays more slowly
+
+
 # ---- 4. faults ---------------------------------------------------------------------------
 
 def inject(**kwargs) -> list[str]:

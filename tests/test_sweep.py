@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,6 +252,13 @@ def test_run_fail_skip_rerun(ws, monkeypatch, capsys):
     assert (out / ".attempts" / "scope=global_seed=0.1" / "calls.jsonl").exists()
     assert "ckpt_path" not in calls(out / "scope=global_seed=0")[0]["kv"]
     assert idx["sgd_fail"]["status"] == "failed"
+
+    # a finished run whose directory was deleted is run again (fresh), the others skipped
+    shutil.rmtree(out / "scope=none_seed=1")
+    sw.main(["s.yaml"])
+    assert len(calls(out / "scope=none_seed=1")) == 1
+    assert index(out)["scope=none_seed=1"]["status"] == "finished"
+    assert len(calls(out / "scope=none_seed=0")) == 1
 
 
 def test_only_failed(ws, monkeypatch):

@@ -361,3 +361,30 @@ def test_datamodule_batches_with_workers():
 def test_datamodule_validates_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TextDataModule(**kwargs)
+
+
+def test_hub_reader_on_compressed_jsonl_like_slimpajama(tmp_path, monkeypatch):
+    """SlimPajama-627B ships ``train/chunk*/example_train_*.jsonl.zst`` with a ``text`` column
+    and a ``meta`` dict: the same files, written here, stream through ``hub_data_files``."""
+    import datasets
+    import zstandard
+
+    from datamodules.text import hub_builder
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    texts = []
+    for c in range(2):
+        rows = [{"text": f"chunk {c} doc {i} " + "zeta " * (i % 5 + 1),
+                 "meta": {"redpajama_set_name": "RedPajamaC4"}} for i in range(30)]
+        raw = "\n".join(json.dumps(r) for r in rows).encode()
+        (tmp_path / f"example_train_{c}.jsonl.zst").write_bytes(
+            zstandard.ZstdCompressor().compress(raw))
+        texts += [r["text"] for r in rows]
+    pattern = str(tmp_path / "example_train_*.jsonl.zst")
+    assert hub_builder(pattern) == "json"
+    assert list(hub_texts("cerebras/SlimPajama-627B", data_files=pattern, split="train")) == texts
+    dm = TextDataModule(source="hub", hub_data_files=pattern, block_size=16, max_bytes=500)
+    assert dm.describe()["corpus_hash"] == corpus_hash(cap_bytes(texts, 500))
+    with pytest.raises(ValueError, match=r"cannot tell the file type from '\.tar'.*optionally "
+                                         r"compressed \(\.zst"):
+        hub_builder("hf://datasets/x/y/data.tar.zst")

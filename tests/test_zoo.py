@@ -530,3 +530,75 @@ def test_updates_do_not_depend_on_params_without_wd():
             ob.step()
         for p, p0, q in zip(a, a0, b):
             torch.testing.assert_close(p - p0, q, rtol=1e-12, atol=1e-12, msg=name)
+
+
+# ---------------------------------------------------------------------------------------
+# MuonAdamW(ns_dtype="float32"): torch.optim.Muon's algorithm with an fp32 Newton–Schulz
+# ---------------------------------------------------------------------------------------
+NS_ABC = (3.4445, -4.775, 2.0315)
+
+
+def ns_reference(g, steps=5, eps=1e-7):
+    """The quintic iteration written out in float64 (X <- aX + (bA + cA²)X, A = XXᵀ)."""
+    a, b, c = NS_ABC
+    x = g.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(x.norm().item(), eps)
+    for _ in range(steps):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (6, 8), (8, 8)])
+def test_newton_schulz_fp32_matches_float64_iteration_and_torch_bf16(shape):
+    from rotations.zoo import newton_schulz_fp32
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    ours = newton_schulz_fp32(g, NS_ABC, 5, 1e-7)
+    assert ours.dtype == torch.float32 and ours.shape == g.shape
+    torch.testing.assert_close(ours.double(), ns_reference(g), rtol=0, atol=1e-5)
+    # torch's bf16 iteration is the same map up to bf16 rounding
+    bf16 = _zeropower_via_newtonschulz(g, NS_ABC, 5, 1e-7).float()
+    assert (bf16 - ours).abs().max() < 0.05
+    # and it is roughly orthogonal: singular values in Muon's (0.5, 1.5) band
+    sv = torch.linalg.svdvals(ours)
+    assert sv.min() > 0.3 and sv.max() < 1.5
+
+
+def test_muon_adamw_float32_steps_match_closed_form():
+    hidden, other = muon_setup()
+    ref = [p.detach().double().clone() for p in hidden]
+    bufs = [torch.zeros_like(p) for p in ref]
+    opt = MuonAdamW([{"params": hidden, "use_muon": True}, {"params": other, "use_muon": False}],
+                    **MUON_KW, ns_dtype="float32")
+    from rotations.zoo import Float32Muon
+    assert isinstance(opt._muon, Float32Muon)
+    mu, lr, wd = MUON_KW["momentum"], MUON_KW["lr"], MUON_KW["weight_decay"]
+    for gs in grad_seq(hidden + other, 4):
+        set_grads(hidden + other, gs)
+        opt.step()
+        for i, (p, g) in enumerate(zip(ref, gs[: len(hidden)])):
+            g = g.double()
+            bufs[i] = mu * bufs[i] + (1 - mu) * g
+            upd = ns_reference((1 - mu) * g + mu * bufs[i])       # Nesterov
+            A, B = p.shape
+            ref[i] = p * (1 - lr * wd) - lr * math.sqrt(max(1, A / B)) * upd
+    for p, r in zip(hidden, ref):
+        torch.testing.assert_close(p.detach().double(), r, rtol=0, atol=2e-6)
+    # the state is Muon's: same keys, so checkpoints are interchangeable
+    assert set(opt.state[hidden[0]]) == {"momentum_buffer"}
+    sd = opt.state_dict()
+    opt2 = MuonAdamW([{"params": clone_params(hidden), "use_muon": True},
+                      {"params": clone_params(other), "use_muon": False}],
+                     **MUON_KW, ns_dtype="float32")
+    opt2.load_state_dict(sd)
+    assert isinstance(opt2._muon, Float32Muon)
+
+
+def test_muon_adamw_bad_ns_dtype_names_field():
+    hidden, _ = muon_setup()
+    with pytest.raises(ValueError, match="ns_dtype.*allowed: bfloat16, float32"):
+        MuonAdamW(hidden, ns_dtype="float16")

@@ -197,7 +197,8 @@ def fit_key(run) -> str:
     cbs = [c.get("class_path") for c in o.get("trainer.callbacks", [])]
     return json.dumps([opt.get("class_path") if isinstance(opt, dict) else opt,
                        o.get("model.init_args.rotation.scope"),
-                       o.get("model.init_args.rotation.only"),
+                       # `only` by the scopes it uses: one type layer-wise covers the others
+                       sorted(set((o.get("model.init_args.rotation.only") or {}).values())),
                        o.get("model.init_args.attention"), cbs], sort_keys=True, default=str)
 
 

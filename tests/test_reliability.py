@@ -310,7 +310,8 @@ def test_resume_may_extend_the_schedule(straight, tmp_path):
                 "--ckpt_path", ckpt], tmp_path) == 0
     lr_a, lr_b = losses(base, "train/lr"), losses(tmp_path, "train/lr")
     assert sorted(lr_b) == [6, 7]
-    assert lr_b[6] > lr_a[6] and lr_b[7] > lr_a[7]      # a longer cosine decays more slowly
+    assert lr_b[6] == lr_a[6]          # step 6 runs with the lr the checkpoint's optimizer holds
+    assert lr_b[7] > lr_a[7]           # then the longer cosine decays more slowly
 
 
 # ---- 4. faults ---------------------------------------------------------------------------

@@ -254,7 +254,10 @@ def main():
 
     c2 = R / "appC2_arch_aware"
     table("appC2", sc["none"], {"none": sc["none"], **{n: c2 / n for n in
-          ("embedding_layerwise", "value_layerwise", "embedding_outputwise")},
+          ("embedding_layerwise", "query_layerwise", "key_layerwise", "value_layerwise",
+           "attn_out_layerwise", "mlp_in_layerwise", "mlp_out_layerwise",
+           "layernorm_layerwise", "value_outputwise", "embedding_outputwise")
+          if (c2 / n).exists()},
           "all layerwise (fig1a)": sc["layerwise"]})
     report("appC2_arch_aware", [sc["none"], c2], "--smooth", "2", "--train-smooth", "5",
            "--label-keys", "only")

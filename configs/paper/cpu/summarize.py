@@ -237,7 +237,7 @@ def main():
     table("appA1", sc["none"], {"n=4": a1 / "block_size=4", "n=32": a1 / "block_size=32",
                                 "n=768 (fig1a global)": sc["global"]})
     report("appA1_block_size", [sc["none"], sc["global"], a1], "--smooth", "2", "--train-smooth", "5",
-           "--label-keys", "scope,block_size")
+           "--label-keys", "scope,rotation.block_size")
 
     a4 = R / "appA4_sgd_flash"
     base = scal(a4 / "sgd_none_math", "train/loss")
@@ -263,7 +263,7 @@ def main():
            "--label-keys", "only")
 
     table("svd_refresh", sc["none"], {"F=20 (fig1a svd)": sc["svd"],
-                                      "F=25": R / "svd_refresh" / "svd_refresh_every=25"})
+                                      "F=25": R / "svd_refresh" / "run"})
 
     b2 = R / "appB2_beta2"
     rows = {}

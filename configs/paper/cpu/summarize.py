@@ -30,6 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parents[3]
 R = ROOT / "runs" / "paper" / "cpu"
+SCOPES = ("none", "outputwise", "inputwise", "layerwise", "global", "svd")
 FIG = ROOT / "docs" / "figures"
 OUT: dict = {}
 
@@ -329,11 +330,11 @@ def main():
     report("og_one_beta", [ob], "--smooth", "1", "--train-smooth", "3", "--label-keys", "optimizer")
 
     vit = R / "fig1b_vit_scopes"
-    table("fig1b_vit", vit / "scope=none", {s: vit / f"scope={s}" for s in ("none", "global")},
+    table("fig1b_vit", vit / "scope=none", {s: vit / f"scope={s}" for s in SCOPES if (vit / f"scope={s}").exists()},
           tag="val/acc1")
     report("fig1b_vit_scopes", [vit], "--metric", "val/acc1", "--label-keys", "scope")
     rn = R / "appC1_resnet50_scopes"
-    table("appC1_resnet", rn / "scope=none", {s: rn / f"scope={s}" for s in ("none", "global")},
+    table("appC1_resnet", rn / "scope=none", {s: rn / f"scope={s}" for s in SCOPES if (rn / f"scope={s}").exists()},
           tag="val/acc1")
     report("appC1_resnet50_scopes", [rn], "--metric", "val/acc1", "--label-keys", "scope")
 

@@ -15,6 +15,14 @@ the zoo in :mod:`rotations.zoo`) and runs it in a rotated basis. Per step:
 5. apply decoupled weight decay ``w ← w − lr·wd·w`` in the standard basis (it commutes with
    rotations), then ``w ← w + Rᵀ Δ_R``.
 
+Steps 3 and 5 run per *bucket* (:func:`rotations.scopes.build_buckets`): views of one scope
+and shape are stacked and rotated with one batched matmul, the stacked rotation blocks,
+bases and gather indices are precomputed (SVD bases restacked after each refresh), and every
+bucket's shadows are views of one buffer, so the update is unrotated without gathering
+tensors. The steady-state step reads no tensor value on the host (no ``.item()``, no
+branching on tensor values); ``compile=True`` wraps the buckets' stacked maths with
+``torch.compile`` (off by default).
+
 Parameters whose views are all unrotated are handed to the base optimizer directly (zero
 overhead, exact ``torch.optim`` behaviour). SVD bases are refreshed from the current gradient
 at step 1 and every ``svd_refresh_every`` steps; with ``svd_moments: reproject`` the first
@@ -36,7 +44,7 @@ import torch
 
 from .config import RotationConfig
 from .layout import LayerView, check_layout
-from .scopes import IdentityUnit, RotationPlan, SVDUnit
+from .scopes import Bucket, IdentityUnit, RotationPlan, SVDUnit, build_buckets
 from .zoo import is_decoupled as zoo_is_decoupled
 
 #: state entries that are linear in the gradients (transported on an SVD refresh)
@@ -77,12 +85,15 @@ class RotatedOptimizer(torch.optim.Optimizer):
         view_group_options: ``callable(view) -> dict`` of extra base-optimizer group options
             per view (e.g. ``{"use_muon": True}``); views with different options go to
             different base groups.
+        compile: wrap every bucket's rotate/unrotate maths with ``torch.compile`` (default
+            off; ``True`` or a dict of ``torch.compile`` keyword arguments).
     """
 
     def __init__(self, params: Iterable, base_factory: Callable[..., torch.optim.Optimizer],
                  views: list[LayerView], config: RotationConfig | dict | None = None,
                  split_views: bool = False,
-                 view_group_options: Optional[Callable[[LayerView], dict]] = None):
+                 view_group_options: Optional[Callable[[LayerView], dict]] = None,
+                 compile: bool | dict = False):
         self.config = RotationConfig.coerce(config)
         groups = list(params)
         if not groups:
@@ -129,12 +140,25 @@ class RotatedOptimizer(torch.optim.Optimizer):
         self.plan.identity_views = [v for v in self.plan.identity_views
                                     if id(v.param) not in shadowed]
 
-        # shadows (fp32 or better), one per shadowed view
+        # buckets of same-shape units; shadows (fp32 or better), one per shadowed view, are
+        # views of their bucket's buffer
+        self._buckets: list[Bucket] = build_buckets(self.plan.units)
+        if compile:
+            kw = dict(compile) if isinstance(compile, dict) else {}
+            # every bucket is one more specialisation of the same few functions: make
+            # room for all of them (torch._dynamo's default limit is 8 per function)
+            import torch._dynamo
+            need = 4 * len(self._buckets) + 8
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            if getattr(cfg, name, need) < need:
+                setattr(cfg, name, need)
+            for b in self._buckets:
+                b.compile(**kw)
         self._shadow: dict[str, torch.Tensor] = {}
-        for u in self.plan.units:
-            for v in u.views:
-                dt = torch.promote_types(v.param.dtype, torch.float32)
-                self._shadow[v.name] = torch.zeros(v.shape, dtype=dt, device=v.param.device)
+        for b in self._buckets:
+            for v, s in zip(b.views, b.shadows):
+                self._shadow[v.name] = s
 
         # base optimizer groups; weight decay of shadow groups is applied by us (standard
         # basis), so the base optimizer sees weight_decay = 0 there
@@ -213,17 +237,9 @@ class RotatedOptimizer(torch.optim.Optimizer):
         return view.matrix(g)
 
     # -- the step ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._sync_hparams()
-        self.rotation_step += 1
-        units = self.plan.units
-
-        # effective gradients of shadowed params in compute precision (None grad -> zeros)
+    def _effective_grads(self) -> dict:
+        """Gradients of shadowed params in compute precision (None grad -> zeros), with
+        coupled weight decay added."""
         grads: dict[int, torch.Tensor] = {}
         for p in self._shadowed_params:
             dt = torch.promote_types(p.dtype, torch.float32)
@@ -232,41 +248,75 @@ class RotatedOptimizer(torch.optim.Optimizer):
             if wd and not self._decoupled:
                 g = g.add(p.detach().to(dt), alpha=wd)
             grads[id(p)] = g
+        return grads
+
+    def _refresh_svd(self, grads: dict) -> None:
+        step, every = self.rotation_step, self.config.svd_refresh_every
+        for u in self.plan.units:
+            if isinstance(u, SVDUnit) and (u.U is None or (step - 1) % every == 0):
+                old = (u.U, u.V) if u.U is not None else None
+                u.refresh(self._grad_matrix(u.views[0], grads), step)
+                if old is not None and self.config.svd_moments == "reproject":
+                    st = self.base.state.get(self._shadow[u.views[0].name], {})
+                    for k in LINEAR_STATE_KEYS:
+                        if isinstance(st.get(k), torch.Tensor):
+                            st[k].copy_(u.transport(st[k], old))
+
+    def _decay(self) -> None:
+        """Decoupled weight decay ``w ← w − lr·wd·w`` of the shadowed params."""
+        ps, fs = [], []
+        for p in self._shadowed_params:
+            g = self.param_groups[self._group_of_param[id(p)]]
+            wd = g.get("weight_decay", 0.0)
+            if wd:
+                ps.append(p)
+                fs.append(1.0 - g["lr"] * wd)
+        if not ps:
+            return
+        if all(isinstance(f, (int, float)) for f in fs):
+            torch._foreach_mul_(ps, fs)
+        else:                                   # tensor learning rates
+            for p, f in zip(ps, fs):
+                p.mul_(f)
+
+    @staticmethod
+    def _add_deltas(views: list[LayerView], deltas: list[torch.Tensor]) -> None:
+        """``w[view] += delta`` for every view (one foreach call when dtypes agree)."""
+        targets = [v.matrix(v.param.data) for v in views]
+        if all(t.dtype == d.dtype for t, d in zip(targets, deltas)):
+            torch._foreach_add_(targets, deltas)
+        else:
+            for t, d in zip(targets, deltas):
+                t.add_(d.to(t.dtype))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._sync_hparams()
+        self.rotation_step += 1
+        grads = self._effective_grads()
 
         with fp32_matmul():
-            step = self.rotation_step
-            every = self.config.svd_refresh_every
-            for u in units:
-                if isinstance(u, SVDUnit) and (u.U is None or (step - 1) % every == 0):
-                    old = (u.U, u.V) if u.U is not None else None
-                    u.refresh(self._grad_matrix(u.views[0], grads), step)
-                    if old is not None and self.config.svd_moments == "reproject":
-                        st = self.base.state.get(self._shadow[u.views[0].name], {})
-                        for k in LINEAR_STATE_KEYS:
-                            if isinstance(st.get(k), torch.Tensor):
-                                st[k].copy_(u.transport(st[k], old))
-            for u in units:
-                rotated = u.rotate([self._grad_matrix(v, grads) for v in u.views])
-                for v, r in zip(u.views, rotated):
-                    s = self._shadow[v.name]
-                    s.zero_()
-                    s.grad = r.contiguous() if r.dtype == s.dtype else r.to(s.dtype).contiguous()
+            self._refresh_svd(grads)
+            for b in self._buckets:
+                rotated = b.rotate([self._grad_matrix(v, grads) for v in b.views])
+                b.buffer.zero_()
+                for s, r in zip(b.shadows, rotated):
+                    s.grad = r if r.dtype == s.dtype else r.to(s.dtype)
 
         self.base.step()
 
         with fp32_matmul():
             if self._decoupled:
-                for p in self._shadowed_params:
-                    g = self.param_groups[self._group_of_param[id(p)]]
-                    wd = g.get("weight_decay", 0.0)
-                    if wd:
-                        p.mul_(1.0 - g["lr"] * wd)
-            for u in units:
-                deltas = u.unrotate([self._shadow[v.name] for v in u.views])
-                for v, d in zip(u.views, deltas):
-                    v.add_(v.param.data, d)
-        for s in self._shadow.values():
-            s.grad = None
+                self._decay()
+            for b in self._buckets:
+                self._add_deltas(b.views, b.unrotate())
+        for b in self._buckets:
+            for s in b.shadows:
+                s.grad = None
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -19,7 +19,15 @@ Rotations longer than ``block_size`` use the block-plus-permutation construction
 uses the SVD of the column (``U`` completes ``g/|g|``; ``V = ±1``).
 
 Since rotated tensors keep each view's shape, any optimizer (element-wise or matrix-wise
-such as Muon) can run on them. Pure PyTorch.
+such as Muon) can run on them.
+
+Units are the reference, one-layer-at-a-time API (probes and tests use it). The optimizer
+runs the same maths through *buckets* (:func:`build_buckets`): units of one scope whose
+views have the same shape (the 12 query matrices of a GPT, …) are stacked and rotated with
+one batched matmul; the stacked blocks, bases and gather indices are built once per
+rotation (and again after each SVD refresh), and each bucket owns one buffer that holds the
+shadows of all its views, so unrotating the base optimizer's update needs no gathering of
+tensors. Pure PyTorch.
 """
 from __future__ import annotations
 
@@ -30,8 +38,8 @@ import torch.distributed as dist
 
 from .config import RotationConfig
 from .layout import LayerView
-from .sampling import BlockRotation
-from .svd import OrthoBasis, svd_bases
+from .sampling import BlockRotation, BlockStack
+from .svd import BasisStack, OrthoBasis, svd_bases
 
 
 class Unit:
@@ -183,19 +191,17 @@ class SVDUnit(Unit):
 
     def rotate(self, mats):
         self._check()
-        # Uᵀ G V = Uᵀ (Vᵀ Gᵀ)ᵀ
-        return [self.U.apply_t(self.V.apply_t(mats[0].t().contiguous()).t().contiguous())]
+        return [self.U.apply_t(self.V.apply_right(mats[0]))]           # Uᵀ G V
 
     def unrotate(self, mats):
         self._check()
-        # U X Vᵀ = U (V Xᵀ)ᵀ
-        return [self.U.apply(self.V.apply(mats[0].t().contiguous()).t().contiguous())]
+        return [self.U.apply(self.V.apply_right_t(mats[0]))]           # U X Vᵀ
 
     def transport(self, x: torch.Tensor, old: tuple) -> torch.Tensor:
         """Carry a tensor from the old rotated basis to the current one:
         ``U_newᵀ U_old X V_oldᵀ V_new``."""
         U0, V0 = old
-        standard = U0.apply(V0.apply(x.t().contiguous()).t().contiguous())
+        standard = U0.apply(V0.apply_right_t(x))
         return self.rotate([standard])[0]
 
     def state(self) -> dict:
@@ -262,3 +268,255 @@ class RotationPlan:
                              f"({len(units)} saved vs {len(names)} now)")
         for u in self.units:
             u.load_state(units[u.name], device)
+
+
+# ------------------------------------------------------------------------------------------
+# batched execution: buckets of same-shape units
+# ------------------------------------------------------------------------------------------
+def compute_dtype(view: LayerView) -> torch.dtype:
+    """Rotations run in fp32 or better (the shadows' dtype)."""
+    return torch.promote_types(view.param.dtype, torch.float32)
+
+
+class Bucket:
+    """Views of one or more units, rotated together by batched operations.
+
+    A bucket owns :attr:`buffer`, one tensor holding the *shadows* of all its views
+    (:attr:`shadows`, views of the buffer in the views' ``(out, in)`` shapes), so the
+    optimizer can hand the shadows to its base optimizer and unrotate the whole buffer at
+    once. ``rotate(mats)`` / ``unrotate(mats)`` take and return per-view matrices
+    (``unrotate()`` with no argument reads the shadows); the stacked maths lives in
+    ``_rotate`` / ``_unrotate`` (tensor in, tensor out, no host syncs), which
+    :meth:`compile` may wrap with ``torch.compile``.
+    """
+
+    kind = "none"
+
+    def __init__(self, units: list[Unit], device, dtype: torch.dtype):
+        self.units = units
+        self.views = [v for u in units for v in u.views]
+        self.device, self.dtype = torch.device(device), dtype
+        self.buffer = torch.zeros(self._buffer_shape(), device=self.device, dtype=dtype)
+        self.shadows = self._split(self.buffer)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}[{len(self.views)} x {tuple(self.views[0].shape)}]"
+
+    # -- layout --------------------------------------------------------------------------
+    def _buffer_shape(self) -> tuple:
+        return (len(self.views),) + tuple(self.views[0].shape)
+
+    def _stack(self, mats: list[torch.Tensor]) -> torch.Tensor:
+        if len(mats) == 1:
+            return mats[0].unsqueeze(0)
+        return torch.stack(mats)
+
+    def _split(self, stacked: torch.Tensor) -> list[torch.Tensor]:
+        return list(stacked.unbind(0))
+
+    # -- maths on stacked tensors -----------------------------------------------------------
+    def prepare(self) -> None:
+        """Bring cached stacks up to date (SVD bases after a refresh)."""
+
+    def _rotate(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _unrotate(self, Y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compile(self, **kwargs) -> None:
+        """Wrap the stacked maths with ``torch.compile`` (optional; default off)."""
+        self._rotate = torch.compile(self._rotate, **kwargs)
+        self._unrotate = torch.compile(self._unrotate, **kwargs)
+
+    # -- per-view API ------------------------------------------------------------------------
+    def rotate(self, mats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Standard-basis matrices of :attr:`views` -> rotated (fresh tensors)."""
+        self.prepare()
+        return self._split(self._rotate(self._stack(mats)))
+
+    def unrotate(self, mats: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+        """Rotated matrices (default: the shadows) -> standard basis (fresh tensors)."""
+        self.prepare()
+        X = self.buffer if mats is None else self._stack(mats)
+        return self._split(self._unrotate(X))
+
+
+class _FlatBucket(Bucket):
+    """Views of any shapes concatenated into one vector (identity and global)."""
+
+    def _buffer_shape(self) -> tuple:
+        self.sizes = [v.numel for v in self.views]
+        self.shapes = [tuple(v.shape) for v in self.views]
+        return (sum(self.sizes),)
+
+    def _stack(self, mats):
+        return torch.cat([m.reshape(-1) for m in mats])
+
+    def _split(self, flat):
+        return [c.view(s) for c, s in zip(flat.split(self.sizes), self.shapes)]
+
+
+class IdentityBucket(_FlatBucket):
+    kind = "none"
+
+    def rotate(self, mats):
+        # per-view copies (not one concatenated tensor): on the CPU, glibc maps and unmaps a
+        # single large block on every step, and the page faults cost more than the copies
+        return [m.clone(memory_format=torch.contiguous_format) for m in mats]
+
+    def _rotate(self, X):
+        return X.clone()
+
+    def _unrotate(self, Y):
+        return Y
+
+    def unrotate(self, mats=None):
+        return list(self.shadows) if mats is None else list(mats)
+
+    def compile(self, **kwargs) -> None:
+        pass
+
+
+class GlobalBucket(_FlatBucket):
+    kind = "global"
+
+    def __init__(self, units, device, dtype):
+        super().__init__(units, device, dtype)
+        self.R = BlockStack([units[0].R], device=self.device, dtype=dtype)
+        self.R.precompute("last", 1)
+
+    def _rotate(self, X):
+        return self.R.rotate_last(X.view(1, 1, -1)).view(-1)
+
+    def _unrotate(self, Y):
+        return self.R.unrotate_last(Y.view(1, 1, -1)).view(-1)
+
+
+class LayerBucket(Bucket):
+    """layerwise: ``vec(G_l)`` of same-size layers, stacked ``(L, N)``."""
+
+    kind = "layerwise"
+
+    def __init__(self, units, device, dtype):
+        super().__init__(units, device, dtype)
+        self.R = BlockStack([u.R for u in units], device=self.device, dtype=dtype)
+        self.R.precompute("last", 1)
+
+    def _buffer_shape(self):
+        return (len(self.views), self.views[0].numel)
+
+    def _stack(self, mats):
+        return super()._stack([m.reshape(-1) for m in mats])
+
+    def _split(self, stacked):
+        return [s.view(v.shape) for s, v in zip(stacked.unbind(0), self.views)]
+
+    def _rotate(self, X):
+        return self.R.rotate_last(X.unsqueeze(1)).squeeze(1)
+
+    def _unrotate(self, Y):
+        return self.R.unrotate_last(Y.unsqueeze(1)).squeeze(1)
+
+
+class RowBucket(Bucket):
+    """outputwise: ``G_l (out, in)`` stacked ``(L, out, in)``; every row by ``R_l``."""
+
+    kind = "outputwise"
+    axis = "last"
+
+    def __init__(self, units, device, dtype):
+        super().__init__(units, device, dtype)
+        self.R = BlockStack([u.R for u in units], device=self.device, dtype=dtype)
+        out, inp = self.views[0].shape
+        self.R.precompute(self.axis, out if self.axis == "last" else inp)
+
+    def _rotate(self, X):
+        return self.R.rotate_last(X)
+
+    def _unrotate(self, Y):
+        return self.R.unrotate_last(Y)
+
+
+class ColBucket(RowBucket):
+    """inputwise: every column by ``R_l`` (left multiplication, no transposes)."""
+
+    kind = "inputwise"
+    axis = "first"
+
+    def _rotate(self, X):
+        return self.R.rotate_first(X)
+
+    def _unrotate(self, Y):
+        return self.R.unrotate_first(Y)
+
+
+class SVDBucket(Bucket):
+    """svd: ``U_lᵀ G_l V_l`` with the units' bases stacked (restacked after a refresh)."""
+
+    kind = "svd"
+
+    def __init__(self, units, device, dtype):
+        super().__init__(units, device, dtype)
+        self._bases: Optional[list] = None
+        self.U: Optional[BasisStack] = None
+        self.V: Optional[BasisStack] = None
+
+    def prepare(self) -> None:
+        cur = [(u.U, u.V) for u in self.units]
+        if self._bases is not None and all(a is c and b is d for (a, b), (c, d)
+                                           in zip(cur, self._bases)):
+            return
+        for u in self.units:
+            u._check()
+        self.U = BasisStack([u.U for u in self.units], device=self.device, dtype=self.dtype)
+        self.V = BasisStack([u.V for u in self.units], device=self.device, dtype=self.dtype)
+        self._bases = cur
+
+    def _rotate(self, X):
+        return self.U.apply_t(self.V.apply_right(X))
+
+    def _unrotate(self, Y):
+        return self.U.apply(self.V.apply_right_t(Y))
+
+
+def build_buckets(units: list[Unit], device=None) -> list[Bucket]:
+    """Group units into buckets: one per scope, compute dtype, device and view shape (and
+    rotation structure); identity views of one dtype/device share one bucket."""
+    keyed: dict[tuple, list] = {}
+    for u in units:
+        v0 = u.views[0]
+        dev = torch.device(device) if device is not None else v0.param.device
+        if isinstance(u, IdentityUnit):
+            for v in u.views:
+                keyed.setdefault(("none", compute_dtype(v), str(dev)), []).append(
+                    IdentityUnit([v]))
+            continue
+        dt = compute_dtype(v0)
+        if isinstance(u, GlobalUnit):
+            dt = v0.param.dtype
+            for v in u.views:
+                dt = torch.promote_types(dt, compute_dtype(v))
+            if any(compute_dtype(v) != dt for v in u.views):
+                raise ValueError("global rotation over parameters of different dtypes is not "
+                                 "supported (the shadows share one buffer)")
+            key = ("global", id(u))
+        elif isinstance(u, LayerUnit):
+            key = ("layerwise", u.R.signature)
+        elif isinstance(u, ColUnit):            # (ColUnit before RowUnit: no subclassing,
+            key = ("inputwise", tuple(v0.shape), u.R.signature)   # but keep it explicit)
+        elif isinstance(u, RowUnit):
+            key = ("outputwise", tuple(v0.shape), u.R.signature)
+        elif isinstance(u, SVDUnit):
+            key = ("svd", tuple(v0.shape))
+        else:
+            raise TypeError(f"no bucket for unit type {type(u).__name__}")
+        keyed.setdefault(key + (dt, str(dev)), []).append(u)
+    cls = {"none": IdentityBucket, "global": GlobalBucket, "layerwise": LayerBucket,
+           "outputwise": RowBucket, "inputwise": ColBucket, "svd": SVDBucket}
+    buckets = []
+    for key, us in keyed.items():
+        dt, dev = key[-2], key[-1]
+        buckets.append(cls[key[0]](us, dev, dt))
+    return buckets

@@ -219,19 +219,30 @@ def expand_local_paths(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def _local_suffix(path: Path) -> str:
+    """The file's (supported) suffix; an unsupported one is an error naming the file."""
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise ValueError(f"local file {str(path)!r} has unsupported type {suffix!r}; "
+                         f"supported: {', '.join(LOCAL_SUFFIXES)}")
+    return suffix
+
+
+def _check_not_empty(path: Path) -> None:
+    """Raises ``ValueError`` for an empty file (``OSError`` if it cannot be stat'ed)."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"local file {str(path)!r} is empty")
+
+
 def check_local_files(paths: Sequence[str]) -> list[Path]:
     """Cheap up-front checks of a local corpus (before any training): every entry matches
     files, and every file has a supported type, is not empty and can be opened. Errors name the
     entry or file. Returns the files."""
     files = expand_local_paths(paths)
     for path in files:
-        suffix = path.suffix.lower()
-        if suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"local file {str(path)!r} has unsupported type {suffix!r}; "
-                             f"supported: {', '.join(LOCAL_SUFFIXES)}")
+        _local_suffix(path)
         try:
-            if path.stat().st_size == 0:
-                raise ValueError(f"local file {str(path)!r} is empty")
+            _check_not_empty(path)
             with path.open("rb") as f:
                 f.read(1)
         except OSError as e:
@@ -256,13 +267,9 @@ def _read_jsonl(path: Path, text_column: str) -> list[str | None]:
 def read_local_file(path: Path, text_column: str = "text") -> list[str]:
     """The non-empty documents of one ``.txt`` / ``.jsonl`` / ``.parquet`` file; errors name
     the file."""
-    suffix = path.suffix.lower()
-    if suffix not in LOCAL_SUFFIXES:
-        raise ValueError(f"local file {str(path)!r} has unsupported type {suffix!r}; "
-                         f"supported: {', '.join(LOCAL_SUFFIXES)}")
+    suffix = _local_suffix(path)
     try:
-        if path.stat().st_size == 0:
-            raise ValueError(f"local file {str(path)!r} is empty")
+        _check_not_empty(path)
         if suffix == ".txt":
             texts: list = [path.read_text(encoding="utf-8")]
         elif suffix == ".jsonl":

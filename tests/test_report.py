@@ -330,3 +330,22 @@ def test_reads_tf2_style_scalars_and_resumed_duplicates(tmp_path):
     sc = rp.read_scalars(d)
     assert sc["val/loss"][0].tolist() == [10, 20, 30, 40]
     assert sc["val/loss"][1].tolist() == [4.0, 3.75, 3.5, 3.0]
+
+
+def test_auto_label_keys_use_the_nearest_class_path_when_nested():
+    """LightningCLI configs nest ``model.init_args.optimizer.init_args.*``: an optimizer argument
+    fixed by ``model.init_args.optimizer.class_path`` is not a label (the demo's case)."""
+    def cfg(scope, opt, **args):
+        c = {"model.class_path": "lightning_modules.gpt.GPTLightningModule",
+             "model.init_args.rotation.scope": scope,
+             "model.init_args.optimizer.class_path": opt}
+        c.update({f"model.init_args.optimizer.init_args.{k}": v for k, v in args.items()})
+        return c
+    runs = [
+        rp.make_run("a", cfg("none", "torch.optim.AdamW", lr=3e-3, amsgrad=False), {}),
+        rp.make_run("b", cfg("global", "torch.optim.AdamW", lr=3e-3, amsgrad=False), {}),
+        rp.make_run("c", cfg("none", "torch.optim.SGD", lr=0.1, momentum=0.9), {}),
+        rp.make_run("d", cfg("global", "torch.optim.SGD", lr=0.1, momentum=0.9), {}),
+    ]
+    assert rp.auto_label_keys(runs) == ["model.init_args.rotation.scope",
+                                        "model.init_args.optimizer.class_path"]

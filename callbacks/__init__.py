@@ -1,4 +1,4 @@
-"""Lightning callbacks that measure training in rotated spaces (research notes §5–6)."""
+"""Lightning callbacks that measure training in rotated spaces (docs/CONVENTIONS.md §5–6)."""
 from .adam_stats import AdamMomentStats
 from .orthogonality import UpdateOrthogonality
 from .second_moments import SecondMomentHistogram

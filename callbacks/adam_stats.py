@@ -1,6 +1,6 @@
 """Adam with β1 = β2 = β (Orvieto & Gower): its state is the online mean ``m`` and variance
 ``σ² = v − m²`` of the gradient, and the update is ``m / sqrt(m² + σ²)``. This callback logs,
-per parameter type, statistics of ``σ²`` and of the ratio ``m̂ / sqrt(v̂)`` (research notes §5).
+per parameter type, statistics of ``σ²`` and of the ratio ``m̂ / sqrt(v̂)`` (docs/CONVENTIONS.md §5).
 Rank 0 only.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ Attention kernel (``GPTConfig.attention``):
   EFFICIENT_ATTENTION and CUDNN_ATTENTION; elsewhere (CPU, fp64) SDPA's default choice.
   These fused kernels generally do *not* support double backward.
 
-Rotation layout (``GPT.rotation_layout()``, research notes §3): every parameter is seen as
+Rotation layout (``GPT.rotation_layout()``, docs/CONVENTIONS.md §3): every parameter is seen as
 one or more :class:`rotations.layout.LayerView` whose type is resolved from the module
 structure (never from name patterns):
 
@@ -51,7 +51,7 @@ Linear biases (``bias=True``)  ``bias``                column; ``c_attn.bias`` s
 
 ``layer_id`` is the module path for weight matrices (``transformer.h.0.attn.c_attn[query]``
 for Q, so Q/K/V are three separate layers) and the view's own name for 1-D parameters (each
-norm gain / bias is its own layer, research notes §3). ``meta`` records ``module``, ``block``
+norm gain / bias is its own layer, docs/CONVENTIONS.md §3). ``meta`` records ``module``, ``block``
 (the Block index or ``None``) and, for biases, ``of`` (the type of the layer they belong to).
 """
 from __future__ import annotations

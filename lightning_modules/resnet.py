@@ -19,7 +19,7 @@ optional changes for small images). :func:`build_resnet` makes the three archite
 Initialisation is torchvision's (Kaiming-normal fan-out convs, BN 1/0, default Linear head,
 optional ``zero_init_residual``).
 
-Rotation layout (research notes §3), resolved by walking the modules (``isinstance``, never
+Rotation layout (docs/CONVENTIONS.md §3), resolved by walking the modules (``isinstance``, never
 name patterns); any parameter outside these modules is an error:
 
 ===========================  ==========  ===================================================

@@ -30,7 +30,7 @@ Attention kernel (``ViTConfig.attention``), as in :mod:`lightning_modules.gpt_mo
 rotation paper relies on, App. A.4: rotation runs default to it); ``"flash"`` lets SDPA pick
 a fused kernel on CUDA. Attention is bidirectional (no mask).
 
-Rotation layout (:meth:`SimpleViT.rotation_layout`, research notes §3), typed from the
+Rotation layout (:meth:`SimpleViT.rotation_layout`, docs/CONVENTIONS.md §3), typed from the
 module structure:
 
 =============================  =====================  =====================================

@@ -1,4 +1,4 @@
-"""The ``model.rotation`` section of a config (research notes §2–4).
+"""The ``model.rotation`` section of a config (docs/CONVENTIONS.md §2–4).
 
 ```yaml
 model:

@@ -1,7 +1,7 @@
 """Parameter layout: how every parameter is seen as one or more *layers* (matrices).
 
 A model describes itself to the rotation engine as a list of :class:`LayerView`. Each view
-is one "layer" of the research notes (§3): a matrix ``(out, in)`` in PyTorch's Linear
+is one "layer" of the docs/CONVENTIONS.md (§3): a matrix ``(out, in)`` in PyTorch's Linear
 layout, cut out of a parameter tensor:
 
 * ``rows=(a, b)`` takes a row block of the parameter (fused Q/K/V stored in one

@@ -1,4 +1,4 @@
-"""The rotated optimizer step (research notes §1; paper Alg. 4/5).
+"""The rotated optimizer step (docs/CONVENTIONS.md §1; paper Alg. 4/5).
 
 :class:`RotatedOptimizer` wraps *any* ``torch.optim.Optimizer`` (AdamW, SGD, RMSprop, Muon,
 the zoo in :mod:`rotations.zoo`) and runs it in a rotated basis. Per step:

@@ -1,4 +1,4 @@
-"""Measurement probes of a (rotated) parameter space (research notes §6; paper Sec. 4).
+"""Measurement probes of a (rotated) parameter space (docs/CONVENTIONS.md §6; paper Sec. 4).
 
 Pure PyTorch (no Lightning). Everything here works *in the rotated coordinates* of a
 :class:`~rotations.scopes.RotationPlan`: for a model trained under ``R`` the gradient is

@@ -4,7 +4,7 @@
   standard Gaussian matrix, then the columns of ``Q`` are multiplied by
   ``sign(diag(R_qr))`` (Mezzadri 2007). Without that sign correction the distribution of
   LAPACK's ``Q`` is not Haar. We do not force ``det = +1`` (Adam is reflection-equivariant,
-  App. A.2), so samples are Haar on O(n) — research notes §2, Convention.
+  App. A.2), so samples are Haar on O(n) — docs/CONVENTIONS.md §2, Convention.
 * :class:`BlockRotation` rotates a ``d``-dimensional subspace by ``R = B P``: a random
   permutation ``P`` of the ``d`` coordinates, followed by the direct sum ``B`` of
   ``k = ⌊d/n⌋`` copies of the *same* ``R_n`` and one residual block ``R_p``,

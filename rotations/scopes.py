@@ -1,4 +1,4 @@
-"""Rotation scopes (paper Fig. 4, research notes §3): which coordinates rotate together.
+"""Rotation scopes (paper Fig. 4, docs/CONVENTIONS.md §3): which coordinates rotate together.
 
 A :class:`RotationPlan` turns a model's :class:`~rotations.layout.LayerView` list and a
 :class:`~rotations.config.RotationConfig` into *units*. A unit owns one or more views and

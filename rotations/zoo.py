@@ -1,4 +1,4 @@
-"""Optimizer zoo: the base optimizers the rotation engine can wrap (research notes §5).
+"""Optimizer zoo: the base optimizers the rotation engine can wrap (docs/CONVENTIONS.md §5).
 
 Every class here is a plain :class:`torch.optim.Optimizer` (state in ``self.state[p]``,
 hyperparameters in ``param_groups``, ``state_dict()`` round-trips, ``step(closure=None)``),

@@ -1,4 +1,4 @@
-"""Measurement instruments (research notes §6): Hessian rows, (1,1)-norm, partitions,
+"""Measurement instruments (docs/CONVENTIONS.md §6): Hessian rows, (1,1)-norm, partitions,
 gradient bound, update orthogonality, the callbacks and ``adamrot probe``.
 
 Quick CPU tests on tiny GPTs; float64 where exactness matters."""

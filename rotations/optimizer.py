@@ -203,7 +203,10 @@ class RotatedOptimizer(torch.optim.Optimizer):
                 merged["weight_decay"] = self._default_weight_decay(merged)
             outer.append(merged)
         super().__init__(outer, dict(self.base.defaults))
+        self._view_by_name = {v.name: v for v in self.plan.views}
         self.rotation_step = 0
+        #: the step of the last SVD refresh (``None``: never, or no ``svd`` scope)
+        self.last_svd_refresh: Optional[int] = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _default_weight_decay(self, group: dict) -> float:
@@ -218,9 +221,30 @@ class RotatedOptimizer(torch.optim.Optimizer):
         """Shadow tensor per rotated view name (the base optimizer's state is keyed by them)."""
         return self._shadow
 
+    def _base_tensor(self, view_name: str) -> torch.Tensor:
+        """The tensor the base optimizer steps for a view: its shadow (rotated coordinates)
+        or, for a view of a directly handled parameter, the parameter itself."""
+        s = self._shadow.get(view_name)
+        if s is not None:
+            return s
+        v = self._view_by_name.get(view_name)
+        if v is None:
+            raise KeyError(f"no view named {view_name!r} in this optimizer's plan")
+        return v.param
+
     def base_state(self, view_name: str) -> dict:
-        """The base optimizer's state (in rotated coordinates) for a view."""
-        return self.base.state.get(self._shadow[view_name], {})
+        """The base optimizer's state for a view (``{}`` before its first step): keyed by the
+        view's shadow (rotated coordinates, view-shaped) when ``view_name in shadows``, else
+        by the whole parameter the view is cut from (standard coordinates)."""
+        return self.base.state.get(self._base_tensor(view_name), {})
+
+    def base_group(self, view_name: str) -> dict:
+        """The base optimizer's param group holding a view (see :meth:`base_state`)."""
+        t = self._base_tensor(view_name)
+        for g in self.base.param_groups:
+            if any(p is t for p in g["params"]):
+                return g
+        raise KeyError(f"view {view_name!r} is in no base param group")
 
     def _sync_hparams(self) -> None:
         for j, ig in enumerate(self.base.param_groups):
@@ -256,6 +280,7 @@ class RotatedOptimizer(torch.optim.Optimizer):
             if isinstance(u, SVDUnit) and (u.U is None or (step - 1) % every == 0):
                 old = (u.U, u.V) if u.U is not None else None
                 u.refresh(self._grad_matrix(u.views[0], grads), step)
+                self.last_svd_refresh = step
                 if old is not None and self.config.svd_moments == "reproject":
                     st = self.base.state.get(self._shadow[u.views[0].name], {})
                     for k in LINEAR_STATE_KEYS:
@@ -341,4 +366,6 @@ class RotatedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(sd)
         self.base.load_state_dict(base)
         self.rotation_step = int(rot.get("step", 0))
+        done = [u.refreshed_at for u in self.plan.svd_units if u.U is not None]
+        self.last_svd_refresh = max(done) if done else None
 

@@ -89,14 +89,23 @@ def read_csv(p: Path) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- #
 # pure functions
 # --------------------------------------------------------------------------- #
-def test_trailing_mean_and_mean_2sigma():
+T1 = 12.706204736174698          # t_{0.975, 1}: the 95 % interval of two seeds
+
+
+def half2(a, b):
+    """Half-width of the 95 % t interval of the mean of two values."""
+    return T1 * np.std([a, b], ddof=1) / math.sqrt(2)
+
+
+def test_trailing_mean_and_mean_ci():
     assert rp.trailing_mean([4, 3, 2, 1], 1).tolist() == [4, 3, 2, 1]
     assert rp.trailing_mean([4, 3, 2, 1], 2).tolist() == [4, 3.5, 2.5, 1.5]
     assert rp.trailing_mean([4, 3, 2, 1], 3).tolist() == [4, 3.5, 3, 2]
-    m, s2, n = rp.mean_2sigma([3.25, 2.75])
-    assert (m, n) == (3.0, 2)
-    assert s2 == pytest.approx(2 * math.sqrt(0.125), rel=1e-15)
-    assert rp.mean_2sigma([1.5]) == (1.5, 0.0, 1)
+    iv = rp.mean_ci([3.25, 2.75])
+    assert (iv.value, iv.n) == (3.0, 2)
+    assert iv.half_width == pytest.approx(T1 * 0.25, rel=1e-12)
+    one = rp.mean_ci([1.5])
+    assert (one.value, one.n, one.half_width) == (1.5, 1, None)
 
 
 def test_slowdown_pure():
@@ -130,7 +139,8 @@ def test_seed_average_common_steps_and_duplicates():
     b = rp.make_run("b", {}, {"val/loss": ([0, 10], [3.0, 2.0])})
     s, m, lo, hi = rp.seed_average([a.curve("val/loss"), b.curve("val/loss")])
     assert s.tolist() == [0, 10] and m.tolist() == [2.0, 3.0]
-    assert lo.tolist() == [1.0, 2.0] and hi.tolist() == [3.0, 4.0]
+    assert hi - m == pytest.approx([half2(1, 3), half2(4, 2)], rel=1e-12)
+    assert m - lo == pytest.approx(hi - m, rel=1e-12)
 
 
 def _mem_runs():
@@ -150,13 +160,22 @@ def test_summarize_in_memory():
     assert [r["label"] for r in s.rows] == ["scope=none", "scope=global", "scope=layer"]
     assert rows["scope=none"]["n_seeds"] == 2
     assert rows["scope=none"]["final_val_loss_mean"] == 3.0
-    assert rows["scope=none"]["final_val_loss_2sigma"] == 2 * np.std([3.25, 2.75], ddof=1)
+    assert rows["scope=none"]["final_val_loss_ci95"] == pytest.approx(half2(3.25, 2.75), rel=1e-12)
     assert rows["scope=global"]["final_train_loss_mean"] == 2.75
-    assert rows["scope=layer"]["final_val_loss_2sigma"] == 0.0
+    assert rows["scope=layer"]["final_val_loss_ci95"] is None       # one seed: no interval
+    # global - none, paired by seed: 3.0 - 3.25 = 2.5 - 2.75 = -0.25, no spread
+    g = rows["scope=global"]
+    assert (g["diff"], g["diff_ci95"], g["diff_method"]) == (-0.25, 0.0, "paired t")
+    assert g["diff_excludes_zero"] is True
+    assert rows["scope=layer"]["diff"] == 0.25 and rows["scope=layer"]["diff_ci95"] is None
     assert rows["scope=none"]["slowdown"] == "baseline"
     assert rows["scope=global"]["slowdown"] == "+50.0%"
     assert rows["scope=global"]["slowdown_pct"] == 50.0
+    # bootstrap over 2 x 2 seeds (16 resamples, enumerated): P(+0%) = P(never) = 1/16 > 2.5%
+    assert (g["slowdown_lo_pct"], g["slowdown_hi_pct"]) == (0.0, None)
+    assert g["_sd_iv"] == "[+0.0%, never reached]"
     assert rows["scope=layer"]["slowdown"] == "never reached"
+    assert rows["scope=layer"]["slowdown_lo_pct"] is None           # one seed: no bootstrap
     assert not s.has_acc
     # explicit baseline, various spellings
     for q in ("scope=global", "global", "scope = global"):
@@ -208,13 +227,16 @@ def test_best_lr_pure_and_partner_baselines():
     assert len(rows) == 4
     a = rows[("AdamW", "scope=none")]
     assert (a["best_lr"], a["best_mean"], a["n_seeds"], a["at_edge"]) == (0.003, 2.75, 2, False)
-    assert a["best_2sigma"] == 2 * np.std([2.5, 3.0], ddof=1)
+    assert a["best_ci95"] == pytest.approx(half2(2.5, 3.0), rel=1e-12)
     assert a["lrs_tried"] == "0.001;0.003;0.01"
     assert rows[("AdamW", "scope=global")]["best_mean"] == 3.0
     sgd = rows[("SGD", "scope=none")]   # lr 0.3 diverged in one seed (NaN) -> worst
     assert (sgd["best_lr"], sgd["best_mean"], sgd["at_edge"]) == (0.1, 3.5, True)
+    assert sgd["extend_with"] == pytest.approx(0.0333, rel=1e-9)   # one grid step (x3) below
     md = rp.best_lr_markdown(b)
-    assert "| AdamW | scope=none | 0.003 | 2.7500 ± 0.7071 | 2 | 0.001, 0.003, 0.01 |  |" in md
+    assert "| AdamW | scope=none | 0.003 | 2.7500 ± 3.1766 | 2 | 0.001, 0.003, 0.01 |  |" in md
+    assert ("| SGD | scope=none | not interior (0.1 at the edge) | 3.5000 ± 0.0000 | 2 | 0.1, 0.3 "
+            "| edge optimum: extend the grid below, e.g. add lr 0.0333 |") in md
     # one lr per optimizer only -> no table
     assert rp.best_lr_table([x for x in runs if x.config["model.optimizer.init_args.lr"]
                              in (1e-3, 0.1)], s.label_keys) is None
@@ -231,27 +253,37 @@ def test_report_end_to_end(sweep_dir, tmp_path, capsys):
     md = (out / "summary.md").read_text()
     assert "never_started" in captured.err    # pending run without events is skipped
     # markdown table (also printed)
-    head = "| label | seeds | final train loss | final val loss | final acc@1 | L* | steps to L* | slowdown |"
+    head = ("| label | seeds | final train loss | final val loss | final acc@1 | "
+            "Δ final val/loss vs baseline | Δ excludes 0 | L* | steps to L* | slowdown | "
+            "equivalent slowdown |")
     assert head in md and head in captured.out
-    assert "| scope=none | 2 | 3.2500 ± 0.7071 | 3.0000 ± 0.7071 | 0.6250 ± 0.3536 | 3.0000 | 100 | baseline |" in md
-    assert "| scope=global | 2 | 2.7500 ± 0.7071 | 2.7500 ± 0.7071 | 0.5000 ± 0.0000 | 3.0000 | 150 | +50.0% |" in md
-    assert "| scope=layer | 1 | 3.2500 ± 0.0000 | 3.2500 ± 0.0000 | 0.2500 ± 0.0000 | 3.0000 | never reached | never reached |" in md
+    assert ("| scope=none | 2 | 3.2500 ± 3.1766 | 3.0000 ± 3.1766 | 0.6250 ± 1.5883 | - | - | "
+            "3.0000 | 100 | baseline | - |") in md
+    assert ("| scope=global | 2 | 2.7500 ± 3.1766 | 2.7500 ± 3.1766 | 0.5000 ± 0.0000 | "
+            "-0.2500 ± 0.0000 | yes | 3.0000 | 150 | +50.0% [+0.0%, never reached] | "
+            "beyond baseline [beyond baseline, +100.0%] |") in md
+    # one seed: marked, never a zero-width interval
+    assert ("| scope=layer | 1 | 3.2500 (1 seed) | 3.2500 (1 seed) | 0.2500 (1 seed) | "
+            "+0.2500 (1 seed) | - | 3.0000 | never reached | never reached (1 seed) | "
+            "+100.0% (1 seed) |") in md
+    assert "scope=layer: one seed, no interval" in md
     # csv numbers exact
     rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
     assert list(rows) == ["scope=none", "scope=global", "scope=layer"]
     n = rows["scope=none"]
     assert n["n_seeds"] == "2" and n["seeds"] == "0;1"
     assert float(n["final_val_loss_mean"]) == 3.0
-    assert float(n["final_val_loss_2sigma"]) == 2 * np.std([3.25, 2.75], ddof=1)
+    assert float(n["final_val_loss_ci95"]) == pytest.approx(half2(3.25, 2.75), rel=1e-15)
     assert float(n["final_train_loss_mean"]) == 3.25
     assert float(n["final_acc1_mean"]) == 0.625
-    assert float(n["final_acc1_2sigma"]) == 2 * np.std([0.5, 0.75], ddof=1)
+    assert float(n["final_acc1_ci95"]) == pytest.approx(half2(0.5, 0.75), rel=1e-15)
     g = rows["scope=global"]
     assert (g["baseline"], float(g["target"]), g["baseline_steps"], g["steps_to_target"]) == \
         ("scope=none", 3.0, "100", "150")
     assert float(g["slowdown_pct"]) == 50.0 and g["slowdown"] == "+50.0%"
     lay = rows["scope=layer"]
     assert lay["slowdown"] == "never reached" and lay["slowdown_pct"] == "" and lay["steps_to_target"] == ""
+    assert lay["final_val_loss_ci95"] == "" and lay["diff_ci95"] == ""
     # figure
     png = out / "loss_curves.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -294,7 +326,10 @@ def test_report_single_run_dirs_groups_and_best_lr(tmp_path, capsys):
     assert float(best[("AdamW", "scope=none")]["best_mean"]) == 2.5
     assert float(best[("SGD", "scope=global")]["best_lr"]) == 0.3
     assert float(best[("SGD", "scope=global")]["best_mean"]) == 3.25
-    assert "| AdamW | scope=none | 0.003 | 2.5000 ± 0.0000 |" in (out / "best_lr.md").read_text()
+    # one seed per lr, best lr at the edge of a 2-point grid: flagged, not reported as optimum
+    bmd = (out / "best_lr.md").read_text()
+    assert ("| AdamW | scope=none | not interior (0.003 at the edge) | 2.5000 (1 seed) | 1 | "
+            "0.001, 0.003 | edge optimum: extend the grid above, e.g. add lr 0.009 |") in bmd
 
     # a single run dir works too; unknown key is a clear error
     assert rp.main([str(dirs[0]), "--out", str(tmp_path / "one")]) == 0

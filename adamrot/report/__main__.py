@@ -1,0 +1,5 @@
+import sys
+
+from adamrot.report.cli import main
+
+sys.exit(main())

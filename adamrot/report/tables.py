@@ -1,0 +1,417 @@
+"""The report's tables: per label final values with intervals and the comparison with its
+baseline (difference, slowdown, equivalent slowdown), and the best learning rate per optimizer.
+
+Numbers are kept unformatted in ``Summary.rows`` / ``BestLR.rows`` (the CSV files); the
+Markdown renderers format them. Definitions: docs/CONVENTIONS.md §6.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+from adamrot.runs import canon
+from adamrot.sweep import short_keys, value_label
+
+from .events import ReportError, RunData
+from .labels import (ABSENT, SEED_KEY, LabelGroup, assign_baselines, auto_label_keys, fmt_value,
+                     group_runs, label_string, metric_mode, natural, ordered_keys, resolve_key,
+                     with_configs)
+from .stats import (LEVEL, NEVER, Interval, StatsError, compute_slowdown, diff_ci,
+                    interval_text, last_fraction_improvement, mean_ci, pct_text, seed_average)
+
+TRAIN_LOSS, VAL_LOSS, VAL_ACC1 = "train/loss", "val/loss", "val/acc1"
+FLAT_FRACTION, FLAT_TOLERANCE = 0.2, 0.02    # "flattened": last 20 % of steps improve < 2 %
+TRUNC = "†"
+
+
+def col(tag: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", tag).strip("_")
+
+
+def final_value(run: RunData, tag: str) -> float | None:
+    c = run.curve(tag)
+    return None if c is None else float(c[1][-1])
+
+
+@dataclass
+class Summary:
+    cells: list[LabelGroup]
+    label_keys: list[str]
+    group_keys: list[str]
+    shorts: dict[str, str]
+    metric: str
+    mode: str
+    smooth: int
+    rows: list[dict[str, Any]]          # numeric, one per cell (same order)
+    columns: list[str]                  # CSV columns
+    baselines: dict[int, LabelGroup | None]
+    finals: list[tuple[str, str]]       # (column stem, tag) of the final-value columns
+    has_slowdown: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_acc(self) -> bool:
+        return any(tag == VAL_ACC1 for _, tag in self.finals)
+
+
+def _paired_seeds(a: LabelGroup, b: LabelGroup) -> list[tuple[RunData, RunData]] | None:
+    """Runs of ``a`` and ``b`` matched by seed when both have the same distinct seeds."""
+    sa, sb = a.seeds, b.seeds
+    if None in sa or len(set(map(canon, sa))) != len(sa) or len(sa) < 2:
+        return None
+    if sorted(map(canon, sa)) != sorted(map(canon, sb)) or len(sb) != len(sa):
+        return None
+    by = {canon(r.config.get(SEED_KEY)): r for r in b.runs}
+    return [(r, by[canon(r.config.get(SEED_KEY))]) for r in a.runs]
+
+
+def compare(c: LabelGroup, b: LabelGroup, metric: str, level: float = LEVEL) -> Interval | None:
+    """Final ``metric`` of ``c`` minus that of its baseline ``b``: paired t over seeds when both
+    ran the same seeds, else Welch's interval."""
+    pairs = _paired_seeds(c, b)
+    if pairs is not None:
+        xs = [(final_value(x, metric), final_value(y, metric)) for x, y in pairs]
+        xs = [(x, y) for x, y in xs if x is not None and y is not None]
+        if len(xs) == len(pairs):
+            return diff_ci([x for x, _ in xs], [y for _, y in xs], level, paired=True)
+    xa = [v for v in (final_value(r, metric) for r in c.runs) if v is not None]
+    xb = [v for v in (final_value(r, metric) for r in b.runs) if v is not None]
+    if not xa or not xb:
+        return None
+    return diff_ci(xa, xb, level)
+
+
+def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
+              group_keys: Sequence[str] = (), baseline: str | None = None,
+              smooth: int = 1, metric: str = VAL_LOSS, mode: str | None = None,
+              level: float = LEVEL) -> Summary:
+    """Aggregate runs into the per-label summary table (numbers unformatted)."""
+    if not runs:
+        raise ReportError("no runs")
+    runs = with_configs(runs)
+    all_keys = ordered_keys([r.config for r in runs])
+    group_keys = [resolve_key(k, all_keys) for k in group_keys]
+    if label_keys is None:
+        label_keys = auto_label_keys(runs, exclude=group_keys)
+    else:
+        label_keys = [resolve_key(k, all_keys) for k in label_keys]
+    label_keys = [k for k in label_keys if k not in group_keys]
+    mode = metric_mode(metric, mode)
+    shorts = short_keys(list(label_keys) + [k for k in group_keys if k not in label_keys])
+    cells = group_runs(runs, label_keys, group_keys)
+    bmap = assign_baselines(cells, label_keys, baseline, shorts)
+    base_ids = {id(b) for b in bmap.values() if b is not None}
+    order = {id(c): i for i, c in enumerate(cells)}
+    cells.sort(key=lambda c: ([natural(v) for v in c.group_values.values()],
+                              0 if id(c) in base_ids else 1, order[id(c)]))
+
+    finals = [("final_train_loss", TRAIN_LOSS), ("final_val_loss", VAL_LOSS)]
+    if any(r.curve(VAL_ACC1) is not None for r in runs):
+        finals.append(("final_acc1", VAL_ACC1))
+    if metric not in (TRAIN_LOSS, VAL_LOSS, VAL_ACC1):
+        finals.append((f"final_{col(metric)}", metric))
+    has_slowdown = any(b is not None for b in bmap.values())
+    notes: list[str] = []
+    gcols = [shorts[k] for k in group_keys]
+    columns = gcols + ["label", "n_seeds", "seeds"]
+    for stem, _ in finals:
+        columns += [f"{stem}_mean", f"{stem}_ci95"]
+    columns += ["last20_improvement_pct", "truncated"]
+    if has_slowdown:
+        columns += ["baseline", "diff", "diff_ci95", "diff_method", "diff_excludes_zero",
+                    "target", "baseline_steps", "steps_to_target", "slowdown_pct",
+                    "slowdown_lo_pct", "slowdown_hi_pct", "slowdown",
+                    "eq_slowdown_pct", "eq_slowdown_lo_pct", "eq_slowdown_hi_pct"]
+    rows = []
+    for c in cells:
+        where = c.label + (f" [{c.group}]" if c.group else "")
+        row: dict[str, Any] = {shorts[k]: fmt_value(c.group_values[k]) for k in group_keys}
+        row.update(label=c.label, n_seeds=len(c.runs),
+                   seeds=";".join(str(r.config.get(SEED_KEY, "?")) for r in c.runs))
+        for stem, tag in finals:
+            iv = mean_ci([v for v in (final_value(r, tag) for r in c.runs) if v is not None],
+                         level)
+            row[stem + "_mean"] = iv.value if iv.n else None
+            row[stem + "_ci95"] = iv.half_width
+        cut = {r.name: r.truncated(tag) for r in c.runs for _, tag in finals[:2] + [("", metric)]
+               if r.truncated(tag) is not None}
+        row["truncated"] = ";".join(sorted(cut))
+        for name, step in sorted(cut.items()):
+            msg = (f"{where}: run {name} stops at step {step} before trainer.max_steps "
+                   f"{runs_max_steps(c, name)}: its last value is mid-curve, not final "
+                   f"(marked {TRUNC})")
+            warnings.warn(msg)
+            notes.append(msg)
+        curves = [x for x in (r.curve(metric) for r in c.runs) if x is not None]
+        row["last20_improvement_pct"] = None
+        if curves:
+            try:
+                s, m, _, _ = seed_average(curves, smooth)
+                imp = last_fraction_improvement(s, m, FLAT_FRACTION, mode)
+                row["last20_improvement_pct"] = None if imp is None else 100.0 * imp
+            except StatsError:
+                pass
+        lasts = {int(x[0][-1]) for x in curves}
+        if len(lasts) > 1:
+            notes.append(f"{where}: seeds end at different steps {sorted(lasts)} "
+                         f"(curves averaged over common steps)")
+        unfinished = [r.name for r in c.runs if r.status not in (None, "finished")]
+        if unfinished:
+            notes.append(f"{where}: run(s) not finished: {', '.join(unfinished)}")
+        if len(c.runs) == 1:
+            notes.append(f"{where}: one seed, no interval")
+        if has_slowdown:
+            row.update({k: None for k in columns if k not in row})
+            row["slowdown"] = ""
+            b = bmap.get(id(c))
+            if b is not None:
+                _compare_row(row, c, b, metric, smooth, mode, level, notes, where)
+        rows.append(row)
+    for c in cells:   # the baselines' own flatness: the slowdown is read where it converged
+        if id(c) in base_ids:
+            r = rows[cells.index(c)]
+            imp = r["last20_improvement_pct"]
+            if imp is not None and imp >= 100 * FLAT_TOLERANCE:
+                notes.append(f"baseline {c.label}{' [' + c.group + ']' if c.group else ''} "
+                             f"still improves {imp:.1f}% over its last "
+                             f"{100 * FLAT_FRACTION:.0f}% of steps (flattened: < "
+                             f"{100 * FLAT_TOLERANCE:.0f}%): train longer before reading "
+                             f"the slowdown")
+    return Summary(cells=cells, label_keys=list(label_keys), group_keys=list(group_keys),
+                   shorts=shorts, metric=metric, mode=mode, smooth=smooth, rows=rows,
+                   columns=columns, baselines=bmap, finals=finals, has_slowdown=has_slowdown,
+                   notes=notes)
+
+
+def runs_max_steps(c: LabelGroup, name: str) -> Any:
+    return next((r.config.get("trainer.max_steps") for r in c.runs if r.name == name), "?")
+
+
+def _compare_row(row, c, b, metric, smooth, mode, level, notes, where) -> None:
+    row["baseline"] = b.label
+    rc = [x for x in (r.curve(metric) for r in c.runs) if x is not None]
+    bc = [x for x in (r.curve(metric) for r in b.runs) if x is not None]
+    if not rc:
+        row["slowdown"] = "no data"
+        return
+    if not bc:
+        return
+    if b is not c:
+        d = compare(c, b, metric, level)
+        if d is not None:
+            row.update(diff=d.value, diff_ci95=d.half_width, diff_method=d.method,
+                       diff_excludes_zero=d.excludes_zero)
+    try:
+        sd = compute_slowdown(bc, rc, smooth, mode, level, bootstrap=b is not c)
+    except StatsError as e:
+        notes.append(f"{where}: no slowdown ({e})")
+        row["slowdown"] = "n/a"
+        return
+    pct = lambda x: None if x is None or math.isnan(x) or math.isinf(x) else 100.0 * x  # noqa
+    row.update(target=sd.target, baseline_steps=sd.steps_base, steps_to_target=sd.steps,
+               slowdown_pct=None if sd.slowdown is None else 100.0 * sd.slowdown,
+               slowdown="baseline" if b is c else sd.text,
+               eq_slowdown_pct=None if b is c else pct(sd.equivalent))
+    row["_eq_text"] = "" if b is c else pct_text(sd.equivalent)
+    if sd.interval is not None:
+        row.update(slowdown_lo_pct=pct(sd.interval[0]), slowdown_hi_pct=pct(sd.interval[1]))
+        row["_sd_iv"] = interval_text(sd.interval)
+    if sd.eq_interval is not None:
+        row.update(eq_slowdown_lo_pct=pct(sd.eq_interval[0]),
+                   eq_slowdown_hi_pct=pct(sd.eq_interval[1]))
+        row["_eq_iv"] = interval_text(sd.eq_interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+def pm(mean: float | None, half: float | None, n: int, nd: int = 4) -> str:
+    """``m ± h``; one seed: ``m (1 seed)``, never a zero-width interval."""
+    if mean is None:
+        return "-"
+    if n == 1:
+        return f"{mean:.{nd}f} (1 seed)"
+    if half is None:
+        return f"{mean:.{nd}f}"
+    return f"{mean:.{nd}f} ± {half:.{nd}f}"
+
+
+def md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+FINAL_HEAD = {"final_train_loss": "final train loss", "final_val_loss": "final val loss",
+              "final_acc1": "final acc@1"}
+
+
+def summary_markdown(s: Summary) -> str:
+    gcols = [s.shorts[k] for k in s.group_keys]
+    head = gcols + ["label", "seeds"] + [FINAL_HEAD.get(stem, f"final {tag}")
+                                        for stem, tag in s.finals]
+    if s.has_slowdown:
+        head += [f"Δ final {s.metric} vs baseline", "Δ excludes 0", "L*", "steps to L*",
+                 "slowdown", "equivalent slowdown"]
+    lines = [md_row(head), md_row(["---"] * len(head))]
+    for r in s.rows:
+        cut = TRUNC if r["truncated"] else ""
+        cells = [str(r[c]) for c in gcols] + [r["label"], str(r["n_seeds"])]
+        cells += [pm(r[stem + "_mean"], r[stem + "_ci95"], r["n_seeds"]) + cut
+                  for stem, _ in s.finals]
+        if s.has_slowdown:
+            if r["diff"] is None:
+                cells += ["-", "-"]
+            else:
+                one = r["diff_ci95"] is None
+                cells += [f"{r['diff']:+.4f}" + (" (1 seed)" if one else
+                                                 f" ± {r['diff_ci95']:.4f}"),
+                          "-" if one else ("yes" if r["diff_excludes_zero"] else "no")]
+            if r["baseline"] is None or r["target"] is None:
+                cells += ["-", "-", r["slowdown"] or "-", "-"]
+            else:
+                one = " (1 seed)" if r["n_seeds"] == 1 and r["slowdown"] != "baseline" else ""
+                cells += [f"{r['target']:.4f}",
+                          NEVER if r["steps_to_target"] is None else str(r["steps_to_target"]),
+                          " ".join(x for x in (r["slowdown"], r.get("_sd_iv", "")) if x) + one,
+                          (" ".join(x for x in (r.get("_eq_text", ""), r.get("_eq_iv", ""))
+                                    if x) + one) or "-"]
+        lines.append(md_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# best learning rate
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BestLR:
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    metric: str
+    group_cols: list[str] = field(default_factory=list)
+
+
+def find_lr_key(runs: Sequence[RunData]) -> str | None:
+    """The optimizer's lr key of the saved configs (``model.init_args.optimizer.init_args.lr``
+    for LightningCLI's, ``model.optimizer.init_args.lr`` for flat ones)."""
+    keys = [k for r in runs for k in r.config if k.endswith("optimizer.init_args.lr")]
+    return max(set(keys), key=keys.count) if keys else None
+
+
+def _tied_to_lr(k: str, runs: Sequence[RunData], lr_key: str, opt_key: str) -> bool:
+    """True when, for every optimizer, ``k``'s value follows the lr one to one (a function of
+    the lr that changes with it, e.g. ``min_lr_ratio = 1e-5 / lr``): no setting of its own."""
+    per_opt: dict[str, dict[str, str]] = {}
+    for r in runs:
+        m = per_opt.setdefault(canon(r.config.get(opt_key)), {})
+        v = canon(r.config.get(k, ABSENT))
+        if m.setdefault(canon(r.config.get(lr_key)), v) != v:
+            return False
+    return any(len(m) > 1 for m in per_opt.values()) and all(
+        len(set(m.values())) == len(m) for m in per_opt.values())
+
+
+def grid_step(lrs: Sequence[float]) -> float:
+    """The grid's ratio between neighbours (geometric mean)."""
+    return (lrs[-1] / lrs[0]) ** (1.0 / (len(lrs) - 1)) if len(lrs) > 1 and lrs[0] > 0 else 10.0
+
+
+def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
+                  group_keys: Sequence[str] = (), metric: str = VAL_LOSS,
+                  mode: str | None = None, level: float = LEVEL,
+                  lr_key: str | None = None) -> BestLR | None:
+    """Best seed-mean final ``metric`` and its lr per (optimizer, setting); an lr at the edge
+    of the grid is not reported as best but flagged with the point to add. None unless some
+    (optimizer, setting) was run with more than one lr."""
+    mode = metric_mode(metric, mode)
+    runs = [r for r in runs if r.has_config]
+    lr_key = lr_key or find_lr_key(runs)
+    if lr_key is None:
+        return None
+    opt_key = lr_key[: -len("init_args.lr")] + "class_path"
+    runs = [r for r in runs if lr_key in r.config]
+    group_keys = [k for k in group_keys if k not in (lr_key, opt_key)]
+    other = [k for k in label_keys if k not in (lr_key, opt_key) and k not in group_keys
+             and not _tied_to_lr(k, runs, lr_key, opt_key)]
+    shorts = short_keys(list(other) + list(group_keys))
+    cells: dict[tuple, dict[str, Any]] = {}
+    for r in runs:
+        opt = fmt_value(r.config[opt_key]) if opt_key in r.config else "optimizer"
+        gv = {k: r.config.get(k, ABSENT) for k in group_keys}
+        ov = {k: r.config.get(k, ABSENT) for k in other}
+        c = cells.setdefault((canon(gv), opt, canon(ov)), {"gv": gv, "opt": opt, "ov": ov,
+                                                             "by_lr": {}})
+        c["by_lr"].setdefault(float(r.config[lr_key]), []).append(r)
+    if not any(len(c["by_lr"]) > 1 for c in cells.values()):
+        return None
+    gcols = [shorts[k] for k in group_keys]
+    columns = gcols + ["optimizer", "setting", "best_lr", "at_edge", "best_mean", "best_ci95",
+                       "n_seeds", "lrs_tried", "extend_with", "all"]
+    rows = []
+    for c in sorted(cells.values(), key=lambda c: ([natural(v) for v in c["gv"].values()],
+                                                   c["opt"],
+                                                   [natural(v) for v in c["ov"].values()])):
+        per_lr = []
+        for lr in sorted(c["by_lr"]):
+            vals = [v for v in (final_value(r, metric) for r in c["by_lr"][lr]) if v is not None]
+            per_lr.append((lr, mean_ci(vals, level)))
+
+        def score(t):
+            m = t[1].value
+            return math.inf if m is None or math.isnan(m) else (m if mode == "min" else -m)
+        best = min(per_lr, key=score)
+        lrs = [t[0] for t in per_lr]
+        edge = len(lrs) > 1 and best[0] in (lrs[0], lrs[-1])
+        ext = None
+        if edge:
+            q = grid_step(lrs)
+            ext = float(f"{(lrs[0] / q if best[0] == lrs[0] else lrs[-1] * q):.3g}")
+        row = {shorts[k]: fmt_value(c["gv"][k]) for k in group_keys}
+        row.update(optimizer=c["opt"], setting=label_string(c["ov"], shorts) if c["ov"] else "",
+                   best_lr=best[0], at_edge=edge, best_mean=best[1].value,
+                   best_ci95=best[1].half_width, n_seeds=best[1].n,
+                   lrs_tried=";".join(value_label(x) for x in lrs), extend_with=ext,
+                   all="; ".join(f"{value_label(lr)}: {iv.value:.4f}" for lr, iv in per_lr))
+        rows.append(row)
+    return BestLR(rows=rows, columns=columns, metric=metric, group_cols=gcols)
+
+
+def best_lr_markdown(b: BestLR) -> str:
+    head = list(b.group_cols) + ["optimizer", "setting", "best lr", f"final {b.metric}",
+                                 "seeds", "lrs tried", "note"]
+    lines = [md_row(head), md_row(["---"] * len(head))]
+    for r in b.rows:
+        lr = value_label(r["best_lr"])
+        if r["at_edge"]:
+            side = "below" if r["extend_with"] < r["best_lr"] else "above"
+            best = f"not interior ({lr} at the edge)"
+            note = f"edge optimum: extend the grid {side}, e.g. add lr {value_label(r['extend_with'])}"
+        else:
+            best, note = lr, ""
+        lines.append(md_row([str(r[c]) for c in b.group_cols] + [
+            r["optimizer"], r["setting"] or "-", best,
+            pm(r["best_mean"], r["best_ci95"], r["n_seeds"]), str(r["n_seeds"]),
+            r["lrs_tried"].replace(";", ", "), note]))
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        out = []
+        for c in columns:
+            v = r.get(c)
+            out.append("" if v is None else repr(v) if isinstance(v, float) else v)
+        w.writerow(out)
+    return buf.getvalue()
+
+
+__all__ = ["Summary", "BestLR", "summarize", "summary_markdown", "best_lr_table",
+           "best_lr_markdown", "csv_text", "final_value", "compare", "find_lr_key",
+           "TRAIN_LOSS", "VAL_LOSS", "VAL_ACC1"]

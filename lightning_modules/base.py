@@ -1,8 +1,10 @@
-"""What every adamrot LightningModule shares: the optimizer (injected from YAML), the
-rotation (``model.rotation``), the per-step LR schedule and throughput logging.
+"""What every adamrot LightningModule shares: hyper-parameters, the optimizer in its rotated
+space (docs/CONVENTIONS.md §1, §5), the LR schedule (§7), ``torch.compile``, the data check
+and throughput logging.
 
-Subclasses set ``self.model`` (an ``nn.Module``, ideally with ``rotation_layout()``) and
-implement the steps.
+Subclasses (torchgeo ``BaseTask`` style) take their own arguments plus ``**kwargs`` for
+:class:`RotatableModule`'s, and build their parts in :meth:`RotatableModule.configure_models`
+and :meth:`RotatableModule.configure_metrics` from ``self.hparams``.
 """
 from __future__ import annotations
 
@@ -18,22 +20,13 @@ from rotations.config import RotationConfig
 from rotations.layout import LayerView, model_layout
 from rotations.optimizer import RotatedOptimizer
 
+from .checks import positive_int
+from .gpt_model import nanogpt_param_groups
+
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 
 #: parameter types Muon treats as hidden matrices (the rest get AdamW; NeurIPS Alg. 6)
 MUON_TYPES = {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "linear", "conv"}
-
-
-def nanogpt_param_groups(named_params) -> list[dict]:
-    """nanoGPT's grouping: tensors with ≥ 2 dims are decayed, the rest are not."""
-    decay, no_decay = [], []
-    for _, p in named_params:
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -48,7 +41,7 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 class RotatableModule(L.LightningModule):
-    """Base class: optimizer + rotation + schedule + throughput.
+    """Base class: hyper-parameters, optimizer + rotation, schedule, compile, throughput.
 
     Args:
         optimizer: optimizer callable from YAML (``class_path``/``init_args``).
@@ -58,32 +51,45 @@ class RotatableModule(L.LightningModule):
         decay_steps: end of the cosine (default: ``trainer.max_steps`` or the estimated total).
         min_lr_ratio: the cosine's floor as a fraction of the peak LR (6e-5 / 6e-4 = 0.1).
         peak_flops: device peak FLOP/s for MFU (default: Lightning's table for known GPUs).
+        compile: compile ``self.model`` in place (``nn.Module.compile``) when the trainer
+            sets the model up; the state dict keeps its keys.
     """
 
-    def __init__(self, optimizer: Optional[OptimizerFactory] = None,
+    def __init__(self, *, optimizer: Optional[OptimizerFactory] = None,
                  rotation: Optional[RotationConfig] = None, warmup_steps: int = 0,
                  warmup_epochs: Optional[float] = None, decay_steps: Optional[int] = None,
-                 min_lr_ratio: float = 0.1, peak_flops: Optional[float] = None):
+                 min_lr_ratio: float = 0.1, peak_flops: Optional[float] = None,
+                 compile: bool = False):
         super().__init__()
+        # the subclasses' arguments too (Lightning walks the __init__ frames)
+        self.save_hyperparameters(ignore=["optimizer", "rotation"])
         self.optimizer_factory = optimizer or torch.optim.AdamW
         self.rotation = RotationConfig.coerce(rotation)
-        for name, v in (("warmup_steps", warmup_steps),):
-            if v < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {v}")
+        self.hparams["rotation"] = self.rotation.to_dict()   # plain types: weights_only loads
+        positive_int("model.warmup_steps", warmup_steps, minimum=0)
         if warmup_epochs is not None and warmup_epochs < 0:
             raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
-        if decay_steps is not None and decay_steps < 1:
-            raise ValueError(f"model.decay_steps must be a positive int, got {decay_steps}")
+        positive_int("model.decay_steps", decay_steps, optional=True)
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.warmup_steps, self.warmup_epochs = warmup_steps, warmup_epochs
         self.decay_steps, self.min_lr_ratio = decay_steps, min_lr_ratio
         self.peak_flops = peak_flops
+        self._compiled = False
         self._t_last: Optional[float] = None
-        self._tokens_since = 0
+        self._tokens_since = self._samples_since = 0
         self.tokens_seen = 0
+        self.configure_models()
+        self.configure_metrics()
 
-    # -- to be provided by subclasses ------------------------------------------------------
+    # -- hooks for subclasses ----------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Set ``self.model`` (an ``nn.Module``, ideally with ``rotation_layout()``)."""
+        raise NotImplementedError
+
+    def configure_metrics(self) -> None:
+        """Create the torchmetrics objects the steps use."""
+
     def param_groups(self) -> list[dict]:
         return nanogpt_param_groups(self.model.named_parameters())
 
@@ -92,6 +98,53 @@ class RotatableModule(L.LightningModule):
 
     def flops_per_sample(self) -> Optional[float]:
         return None
+
+    def expected_data(self) -> dict:
+        """``{datamodule attribute: value}`` the data must match exactly."""
+        return {}
+
+    def data_limits(self) -> dict:
+        """``{datamodule attribute: value}`` the data must not exceed."""
+        return {}
+
+    # -- model -------------------------------------------------------------------------------
+    def configure_model(self):
+        """Lightning's hook (called once the model is on its device): compile in place."""
+        if self.hparams.get("compile") and not self._compiled:
+            self.model.compile()
+            self._compiled = True
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before the in-place compile held a second copy of the weights
+        sd = checkpoint.get("state_dict") or {}
+        for k in [k for k in sd if k.startswith("forward_model.")]:
+            del sd[k]
+
+    def check_data(self, datamodule) -> None:
+        """Raise ``ValueError`` naming both fields when the datamodule does not fit the model
+        (attributes it does not expose are not checked)."""
+        for key, want in self.expected_data().items():
+            have = getattr(datamodule, key, None)
+            if have is not None and have != want:
+                raise ValueError(f"data.{key}={have} does not match model.{key}={want}; "
+                                 f"set model.init_args.{key}: {have} (or change the data)")
+        for key, limit in self.data_limits().items():
+            have = getattr(datamodule, key, None)
+            if isinstance(have, int) and have > limit:
+                raise ValueError(f"data.{key}={have} exceeds model.{key}={limit}; set "
+                                 f"model.{key} >= {have}")
+
+    def on_fit_start(self):
+        dm = getattr(self.trainer, "datamodule", None)
+        self.check_data(dm)
+        describe = getattr(dm, "describe", None)
+        if callable(describe) and self.logger is not None and self.global_rank == 0:
+            exp = getattr(self.logger, "experiment", None)
+            if hasattr(exp, "add_text"):
+                exp.add_text("data", "\n".join(f"- {k}: {v}" for k, v in describe().items()))
 
     # -- optimizer ---------------------------------------------------------------------------
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -129,16 +182,21 @@ class RotatableModule(L.LightningModule):
         sched = LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # -- throughput ------------------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer):
+        lr = optimizer.param_groups[0]["lr"]
+        self.log("train/lr", lr, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    # -- throughput --------------------------------------------------------------------------
     def count_samples(self, n_samples: int, n_tokens: int) -> None:
         """Call from ``training_step`` with the micro-batch's sizes (per rank)."""
         world = self.trainer.world_size if self._trainer is not None else 1
         self.tokens_seen += n_tokens * world
         self._tokens_since += n_tokens * world
-        self._samples_since = getattr(self, "_samples_since", 0) + n_samples * world
+        self._samples_since += n_samples * world
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if not self.trainer.is_last_batch and (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+        t = self.trainer
+        if not t.is_last_batch and (batch_idx + 1) % t.accumulate_grad_batches:
             return
         now = time.perf_counter()
         if self._t_last is None:
@@ -164,7 +222,3 @@ class RotatableModule(L.LightningModule):
             metrics["train/mfu"] = fps * self._samples_since / dt / peak
         self.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         self._t_last, self._tokens_since, self._samples_since = now, 0, 0
-
-    def on_before_optimizer_step(self, optimizer):
-        lr = optimizer.param_groups[0]["lr"]
-        self.log("train/lr", lr, on_step=True, on_epoch=False, rank_zero_only=True)

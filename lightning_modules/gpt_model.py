@@ -1,58 +1,15 @@
-"""GPT language model in one file, in the style of nanoGPT's ``model.py``.
+"""GPT language model in one file, in the style of nanoGPT's ``model.py`` (plain
+``nn.Module``; docs/CONVENTIONS.md §9 for the paper's trainer it follows).
 
-Plain ``nn.Module`` (no Lightning import). Two variants share one code path:
-
-* ``variant="gpt2"`` -- GPT-2 / nanoGPT: learned position embeddings ``wpe``, LayerNorm,
-  GELU MLP (tanh approximation, as in GPT-2), hidden size ``mlp_ratio * n_embd``.
-* ``variant="llama"`` -- the Llama-style model of the Orvieto & Gower reproduction: no
-  position embedding, rotary embeddings (RoPE, base 10000, GPT-NeoX "rotate-half" pairing)
-  on q and k, RMSNorm, SwiGLU MLP ``c_proj(silu(c_fc(x)) * c_fc2(x))``.
-  **Hidden size**: ``mlp_ratio`` is always the ratio of the equivalent GELU MLP; SwiGLU uses
-  the LLaMA rule ``hidden = 2/3 * mlp_ratio * n_embd`` rounded *up* to a multiple of 64, so
-  its three matrices hold about as many parameters as GPT-2's two (768 -> 2048 at 4.0).
-  ``GPTConfig.mlp_hidden`` gives the value for either variant.
-
-Module names follow nanoGPT: ``transformer.wte``, ``transformer.wpe`` (gpt2 only),
-``transformer.h[i]`` Blocks (``ln_1``, ``attn.c_attn`` fused Q/K/V of shape ``(3C, C)``,
-``attn.c_proj``, ``ln_2``, ``mlp.c_fc`` [, ``mlp.c_fc2``], ``mlp.c_proj``),
-``transformer.ln_f``, ``lm_head``. With ``tie_embeddings`` the ``wte`` and ``lm_head``
-weights are one Parameter (named ``transformer.wte.weight`` in ``named_parameters()``).
-
-Attention kernel (``GPTConfig.attention``):
-
-* ``"math"`` -- ``F.scaled_dot_product_attention(..., is_causal=True)`` forced onto
-  ``SDPBackend.MATH``. This is a composite of differentiable ops, so it supports double
-  backward (Hessian-vector products) and has the rounding behaviour the rotation paper
-  relies on (App. A.4: flash attention amplifies the rounding error of rotations).
-* ``"flash"`` -- on CUDA (fp16/bf16/fp32) SDPA may choose among FLASH_ATTENTION,
-  EFFICIENT_ATTENTION and CUDNN_ATTENTION; elsewhere (CPU, fp64) SDPA's default choice.
-  These fused kernels generally do *not* support double backward.
-
-Rotation layout (``GPT.rotation_layout()``, docs/CONVENTIONS.md §3): every parameter is seen as
-one or more :class:`rotations.layout.LayerView` whose type is resolved from the module
-structure (never from name patterns):
-
-=============================  ======================  ===========================
-parameter                      ptype                   view
-=============================  ======================  ===========================
-tied ``wte`` = ``lm_head``     ``embedding``           ONE view, ``(vocab, C)``,
-                                                       no transpose (LM-head layout)
-untied ``wte``                 ``embedding``           ``transpose=True`` -> ``(C, vocab)``
-untied ``lm_head``             ``lm_head``             ``(vocab, C)``
-``wpe``                        ``position``            ``transpose=True`` -> ``(C, block)``
-``c_attn.weight``              ``query/key/value``     row blocks ``(0,C) (C,2C) (2C,3C)``
-``attn.c_proj.weight``         ``attn_out``            ``(C, C)``
-``mlp.c_fc[2].weight``         ``mlp_in``              ``(hidden, C)``
-``mlp.c_proj.weight``          ``mlp_out``             ``(C, hidden)``
-LayerNorm/RMSNorm weight/bias  ``layernorm``           column ``(C, 1)``
-Linear biases (``bias=True``)  ``bias``                column; ``c_attn.bias`` split in
-                                                       three like its weight
-=============================  ======================  ===========================
-
-``layer_id`` is the module path for weight matrices (``transformer.h.0.attn.c_attn[query]``
-for Q, so Q/K/V are three separate layers) and the view's own name for 1-D parameters (each
-norm gain / bias is its own layer, docs/CONVENTIONS.md §3). ``meta`` records ``module``, ``block``
-(the Block index or ``None``) and, for biases, ``of`` (the type of the layer they belong to).
+``variant="gpt2"``: nanoGPT's GPT-2 (learned position embeddings, LayerNorm, GELU MLP:
+``gelu="exact"`` as nanoGPT, or the tanh approximation of GPT-2's release).
+``variant="llama"``: the Llama-style model of the Orvieto & Gower reproduction (RoPE,
+RMSNorm, SwiGLU whose hidden size is 2/3 of the GELU MLP's rounded up to 64, see
+``GPTConfig.mlp_hidden``). Module names follow nanoGPT (``transformer.wte``,
+``transformer.h[i].attn.c_attn`` fused Q/K/V, ..., ``lm_head``); a tied ``wte``/``lm_head``
+is one Parameter named ``transformer.wte.weight``. The attention kernel is
+:func:`lightning_modules.attention.attend`'s; the rotation layout is in
+:meth:`GPT.rotation_layout` (docs/CONVENTIONS.md §3).
 """
 from __future__ import annotations
 
@@ -62,22 +19,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rotations.layout import LayerView
 
-__all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "SwiGLUMLP",
-           "RotaryEmbedding", "apply_rotary"]
+from .attention import ATTENTION_CHOICES, attend
+from .checks import positive_int
 
-ATTENTION_CHOICES = ("math", "flash")
+__all__ = ["GPTConfig", "GPT", "Block", "CausalSelfAttention", "MLP", "SwiGLUMLP",
+           "RotaryEmbedding", "apply_rotary", "nanogpt_param_groups"]
+
 VARIANT_CHOICES = ("gpt2", "llama")
+GELU_CHOICES = ("exact", "tanh")
 ROPE_BASE = 10000.0
 NORM_EPS = 1e-5
 INIT_STD = 0.02
-
-_FLASH_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                   SDPBackend.CUDNN_ATTENTION]
-_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # -----------------------------------------------------------------------------------------
@@ -95,13 +50,14 @@ class GPTConfig:
     attention: str = "math"    # "math" | "flash"
     variant: str = "gpt2"      # "gpt2" | "llama"
     tie_embeddings: bool = True
-    mlp_ratio: float = 4.0     # hidden / n_embd of the (GELU-equivalent) MLP; see module doc
+    mlp_ratio: float = 4.0     # hidden / n_embd of the (GELU-equivalent) MLP; see mlp_hidden
+    # "exact" (nanoGPT, the paper's trainer; what configs/gpt2 use) | "tanh" (GPT-2's
+    # approximation: the default, so runs saved before this option load as trained)
+    gelu: str = "tanh"
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {val!r}")
+            positive_int(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"GPTConfig.n_head ({self.n_head})")
@@ -111,6 +67,8 @@ class GPTConfig:
         if self.variant not in VARIANT_CHOICES:
             raise ValueError(f"GPTConfig.variant must be one of {VARIANT_CHOICES}, "
                              f"got {self.variant!r}")
+        if self.gelu not in GELU_CHOICES:
+            raise ValueError(f"GPTConfig.gelu must be one of {GELU_CHOICES}, got {self.gelu!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not float(self.mlp_ratio) > 0:
@@ -204,32 +162,20 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = self._sdpa(q, k, v)
+        y = attend(q, k, v, self.attention, causal=True,
+                   dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def _sdpa(self, q, k, v):
-        dropout_p = self.dropout if self.training else 0.0
-        if self.attention == "math":
-            with sdpa_kernel(SDPBackend.MATH):
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                      is_causal=True)
-        if q.is_cuda and q.dtype in _FUSED_DTYPES:
-            with sdpa_kernel(_FLASH_BACKENDS):
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                      is_causal=True)
-        # CPU (or a dtype the fused kernels lack): SDPA's default choice
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-
 
 class MLP(nn.Module):
-    """GPT-2 MLP: ``c_proj(gelu_tanh(c_fc(x)))``."""
+    """GPT-2 MLP: ``c_proj(gelu(c_fc(x)))``, exact GELU (nanoGPT) or its tanh approximation."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.mlp_hidden
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -348,9 +294,22 @@ class GPT(nn.Module):
 
     # -- rotation layout ------------------------------------------------------------------
     def rotation_layout(self) -> list[LayerView]:
-        """Every parameter as one or more LayerViews, typed from the module structure.
+        """Every parameter as one or more LayerViews, typed from the module structure
+        (never from name patterns), ``C = n_embd``:
 
-        See the module docstring for the table of types and conventions.
+        * tied ``wte`` = ``lm_head``: ONE ``embedding`` view ``(vocab, C)``, no transpose
+          (LM-head layout); untied: ``wte`` ``embedding`` transposed to ``(C, vocab)`` and
+          ``lm_head`` ``(vocab, C)``; ``wpe``: ``position`` transposed to ``(C, block)``;
+        * ``c_attn.weight``: ``query``, ``key``, ``value`` row blocks ``(0,C) (C,2C) (2C,3C)``;
+          ``attn.c_proj``: ``attn_out``; ``mlp.c_fc`` (and ``c_fc2``): ``mlp_in``;
+          ``mlp.c_proj``: ``mlp_out``;
+        * norm weights/biases: ``layernorm`` columns ``(C, 1)``; Linear biases: ``bias``
+          columns (``c_attn.bias`` split in three like its weight, ``meta["of"]`` its layer's
+          type).
+
+        ``layer_id`` is the module path for matrices (``transformer.h.0.attn.c_attn[query]``:
+        Q, K, V are three layers) and the view's own name for 1-D parameters (each its own
+        layer). ``meta`` holds ``module`` and ``block`` (Block index or ``None``).
         """
         param_names = {id(p): n for n, p in self.named_parameters()}
         module_names = {id(m): n for n, m in self.named_modules()}
@@ -381,7 +340,7 @@ class GPT(nn.Module):
 
         tr = self.transformer
         if self.tied:
-            # Convention (notes §3): the tied weight is treated in LM-head layout (vocab, C)
+            # the tied weight is treated in LM-head layout (vocab, C), docs/CONVENTIONS.md §3
             add(tr.wte.weight, "embedding", tr.wte, meta={"tied_with": "lm_head.weight"})
         else:
             add(tr.wte.weight, "embedding", tr.wte, transpose=True)
@@ -433,11 +392,18 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + \
             12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
 
-    def configure_param_groups(self, weight_decay: float) -> list[dict]:
-        """nanoGPT's two optimizer groups: every trainable parameter with ``dim >= 2``
-        (matmul weights, embeddings) decayed; the rest (norms, biases) not."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+
+def nanogpt_param_groups(named_params, weight_decay: float | None = None) -> list[dict]:
+    """nanoGPT's grouping: trainable tensors with ≥ 2 dims (matmul weights, embeddings) are
+    decayed (at ``weight_decay``, or the optimizer's own when ``None``), the rest (norms,
+    biases) are not. An empty second group is left out."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay}]
+    if weight_decay is not None:
+        groups[0]["weight_decay"] = weight_decay
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups

@@ -1,39 +1,12 @@
-"""ResNets from torchvision, with a rotation layout; and their LightningModule.
+"""ResNets from torchvision with a rotation layout, and their LightningModule (paper
+Fig. 1c).
 
-:class:`ResNet` is ``torchvision.models.ResNet`` plus :meth:`ResNet.rotation_layout` (and two
-optional changes for small images). :func:`build_resnet` makes the three architectures:
-
-* ``"resnet50"`` — ``ResNet(Bottleneck, [3, 4, 6, 3])``, exactly what
-  ``torchvision.models.resnet50(weights=None, num_classes=…)`` builds (same modules, names,
-  shapes and init; the tests check this): **25,557,032 parameters** with 1000 classes.
-* ``"resnet18"`` — ``ResNet(BasicBlock, [2, 2, 2, 2])`` as ``torchvision.models.resnet18``:
-  11,689,512 parameters with 1000 classes.
-* ``"tiny"`` — a CPU-sized ResNet for thumbnails (the embedded 16 px digits):
-  ``BasicBlock`` layers ``[1, 1, 1, 1]`` of widths ``w, 2w, 4w, 8w`` with ``w = width``
-  (default 16) and a *thumbnail stem*: a 3x3 stride-1 conv and no max-pool (the ImageNet stem,
-  7x7 stride 2 + max-pool, would shrink 16 px to 4 px before the first block). Downsampling
-  is torchvision's (stride 2 in layers 2-4), so 16 px -> 16, 8, 4, 2 -> global pool.
-  With 1 channel, 10 classes and width 16: 308,538 parameters.
-
-``channels`` other than 3 replaces the stem conv's input channels (nothing else changes).
-Initialisation is torchvision's (Kaiming-normal fan-out convs, BN 1/0, default Linear head,
-optional ``zero_init_residual``).
-
-Rotation layout (docs/CONVENTIONS.md §3), resolved by walking the modules (``isinstance``, never
-name patterns); any parameter outside these modules is an error:
-
-===========================  ==========  ===================================================
-module                       ptype       view
-===========================  ==========  ===================================================
-``nn.Conv2d`` weight         ``conv``    ``(out, in*kh*kw)``
-``nn.BatchNorm2d`` w. & b.   ``norm``    column ``(C, 1)``, each its own layer
-``nn.Linear`` weight (fc)    ``fc``      ``(num_classes, features)``
-conv / Linear bias           ``bias``    column (torchvision's convs have none; ``fc.bias``)
-===========================  ==========  ===================================================
-
-``layer_id`` is the module path for matrices and the view's name for 1-D parameters;
-``meta`` holds ``module``, ``stage`` (``"stem"``, ``"layer1"``…``"layer4"``, ``"fc"``) and,
-for biases, ``of``.
+``build_resnet("resnet50")`` is exactly ``torchvision.models.resnet50(weights=None)`` (25,557,032
+parameters with 1000 classes; the tests check it), ``"resnet18"`` likewise, and ``"tiny"`` a
+CPU-sized ResNet for 16 px thumbnails: ``BasicBlock`` layers ``[1, 1, 1, 1]`` of widths
+``w, 2w, 4w, 8w`` and a 3x3 stride-1 stem without max-pool (308,538 parameters with 1
+channel, 10 classes, w = 16). Initialisation is torchvision's. The rotation layout is in
+:meth:`ResNet.rotation_layout` (docs/CONVENTIONS.md §3).
 """
 from __future__ import annotations
 
@@ -44,10 +17,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.resnet import ResNet as _TorchvisionResNet
 
-from rotations.config import RotationConfig
 from rotations.layout import LayerView
 
-from .base import OptimizerFactory
+from .checks import positive_int
 from .classification import ClassificationModule
 
 __all__ = ["ResNet", "build_resnet", "ResNetLightningModule", "ARCHS"]
@@ -75,8 +47,10 @@ class ResNet(_TorchvisionResNet):
         super().__init__(block, list(layers), num_classes=num_classes,
                          zero_init_residual=zero_init_residual)
         widths = tuple(widths)
-        if len(widths) != 4 or any(not isinstance(w, int) or w < 1 for w in widths):
+        if len(widths) != 4:
             raise ValueError(f"ResNet widths must be four positive ints, got {widths!r}")
+        for w in widths:
+            positive_int("ResNet widths", w)
         if stem not in ("imagenet", "thumbnail"):
             raise ValueError(f"ResNet stem must be 'imagenet' or 'thumbnail', got {stem!r}")
         if widths == (64, 128, 256, 512) and stem == "imagenet" and channels == 3:
@@ -117,8 +91,12 @@ class ResNet(_TorchvisionResNet):
 
     # -- rotation layout ------------------------------------------------------------------
     def rotation_layout(self) -> list[LayerView]:
-        """conv -> ``conv``, BatchNorm -> ``norm``, Linear -> ``fc``, biases -> ``bias``
-        (table in the module docstring)."""
+        """Walks the modules (``isinstance``, never name patterns): ``nn.Conv2d`` weight ->
+        ``conv`` ``(out, in*kh*kw)``; BatchNorm weight and bias -> ``norm`` columns, each its
+        own layer; ``nn.Linear`` weight -> ``fc``; biases -> ``bias`` (``of`` in ``meta``).
+        ``layer_id`` is the module path for matrices and the view's name for 1-D parameters;
+        ``meta`` holds ``module`` and ``stage`` (``"stem"``, ``"layer1"``..``"layer4"``,
+        ``"fc"``). A parameter outside these modules is an error."""
         views: list[LayerView] = []
         seen: set[int] = set()
         for mod_name, mod in self.named_modules():
@@ -159,14 +137,13 @@ class ResNet(_TorchvisionResNet):
 
 def build_resnet(arch: str = "resnet50", num_classes: int = 1000, channels: int = 3,
                  width: int = 16, zero_init_residual: bool = False) -> ResNet:
-    """One of :data:`ARCHS` (see the module docstring); ``width`` is used by ``"tiny"``."""
+    """One of :data:`ARCHS`; ``width`` is used by ``"tiny"``."""
     if arch == "resnet50":
         return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, channels)
     if arch == "resnet18":
         return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, channels)
     if arch == "tiny":
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"model.width must be a positive int, got {width!r}")
+        positive_int("model.width", width)
         return ResNet(BasicBlock, [1, 1, 1, 1], num_classes, zero_init_residual, channels,
                       widths=(width, 2 * width, 4 * width, 8 * width), stem="thumbnail")
     raise ValueError(f"model.arch: {arch!r} is not allowed; choose one of {', '.join(ARCHS)}")
@@ -206,33 +183,25 @@ class ResNetLightningModule(ClassificationModule):
         zero_init_residual: torchvision's option (last BN of each block starts at 0).
         image_size: only used for the FLOP count (MFU; default: the datamodule's
             ``image_size``, else 224). ResNets pool globally: any input size works.
-        others: :class:`~lightning_modules.classification.ClassificationModule`'s.
+        kwargs: :class:`~lightning_modules.classification.ClassificationModule`'s and
+            :class:`~lightning_modules.base.RotatableModule`'s.
     """
 
     def __init__(self, arch: Literal["resnet50", "resnet18", "tiny"] = "resnet50",
                  num_classes: int = 1000, channels: int = 3, width: int = 16,
                  zero_init_residual: bool = False, image_size: Optional[int] = None,
-                 label_smoothing: float = 0.0,
-                 optimizer: Optional[OptimizerFactory] = None,
-                 rotation: Optional[RotationConfig] = None, warmup_steps: int = 0,
-                 warmup_epochs: Optional[float] = None, decay_steps: Optional[int] = None,
-                 min_lr_ratio: float = 0.0, peak_flops: Optional[float] = None,
-                 compile: bool = False):
-        super().__init__(num_classes=num_classes, label_smoothing=label_smoothing,
-                         optimizer=optimizer, rotation=rotation, warmup_steps=warmup_steps,
-                         warmup_epochs=warmup_epochs, decay_steps=decay_steps,
-                         min_lr_ratio=min_lr_ratio, peak_flops=peak_flops, compile=compile)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"model.channels must be a positive int, got {channels!r}")
-        if image_size is not None and (isinstance(image_size, bool) or
-                                       not isinstance(image_size, int) or image_size < 1):
-            raise ValueError(f"model.image_size must be a positive int, got {image_size!r}")
-        self.save_hyperparameters(ignore=["optimizer", "rotation"])
-        self.hparams["rotation"] = self.rotation.to_dict()   # plain types: weights_only loads
+                 **kwargs):
+        positive_int("model.channels", channels)
+        positive_int("model.image_size", image_size, optional=True)
+        super().__init__(num_classes=num_classes, **kwargs)
         self.arch, self.num_classes, self.channels = arch, num_classes, channels
         self.width, self.image_size = width, image_size
-        self.model = build_resnet(arch, num_classes, channels, width, zero_init_residual)
         self._flops: Optional[int] = None
+
+    def configure_models(self) -> None:
+        h = self.hparams
+        self.model = build_resnet(h.arch, h.num_classes, h.channels, h.width,
+                                  h.zero_init_residual)
 
     def flops_per_sample(self) -> Optional[float]:
         """Training FLOPs per image: 3 (forward + backward) x 2 x forward multiply-adds of

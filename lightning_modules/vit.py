@@ -1,80 +1,31 @@
 """SimpleViT (Beyer, Zhai, Kolesnikov 2022, *Better plain ViT baselines for ImageNet-1k*) in
-one file, in the style of nanoGPT's ``model.py``; and its LightningModule.
+one file, in the style of nanoGPT's ``model.py``; and its LightningModule (paper Fig. 1b).
 
-The model (plain ``nn.Module``, :class:`SimpleViT`) follows big_vision's ``vit.py`` with
-the paper's choices: no class token, **fixed 2-D sin-cos position embedding** (a
-non-persistent buffer, not a parameter), pre-norm blocks, **global average pooling**, a final
-LayerNorm and a linear head. ViT-S/16 is the default (12 layers, 6 heads, width 384, MLP
-1536, patch 16, 224 px, 1000 classes): **21,974,632 parameters**.
-
-Module names (nanoGPT-like)::
-
-    patch_embed            Conv2d(channels, dim, kernel=patch, stride=patch)  (= a Linear on
-                           flattened patches; its weight is seen as (dim, channels*p*p))
-    pos_embed              buffer (num_patches, dim), sincos2d, temperature 10000
-    blocks[i].ln_1         LayerNorm(dim, eps 1e-6)
-    blocks[i].attn.c_attn  Linear(dim, 3*dim): rows [0,D)=Q, [D,2D)=K, [2D,3D)=V
-    blocks[i].attn.c_proj  Linear(dim, dim)
-    blocks[i].ln_2         LayerNorm
-    blocks[i].mlp.c_fc     Linear(dim, mlp_dim), GELU (tanh approximation, as flax's nn.gelu)
-    blocks[i].mlp.c_proj   Linear(mlp_dim, dim)
-    norm                   LayerNorm (the encoder's final norm, before pooling)
-    head                   Linear(dim, num_classes)
-
-Initialisation (big_vision): Linear weights Xavier-uniform (Q, K, V each as its own
-``dim x dim`` matrix), attention biases 0, MLP biases N(0, 1e-6), patch embedding LeCun
-normal (fan-in) with zero bias, LayerNorm 1/0, **head zero-initialised** (weight and bias).
-
-Attention kernel (``ViTConfig.attention``), as in :mod:`lightning_modules.gpt_model`:
-``"math"`` forces ``SDPBackend.MATH`` (double backward works; the rounding behaviour the
-rotation paper relies on, App. A.4: rotation runs default to it); ``"flash"`` lets SDPA pick
-a fused kernel on CUDA. Attention is bidirectional (no mask).
-
-Rotation layout (:meth:`SimpleViT.rotation_layout`, docs/CONVENTIONS.md §3), typed from the
-module structure:
-
-=============================  =====================  =====================================
-parameter                      ptype                  view
-=============================  =====================  =====================================
-``patch_embed.weight``         ``patch_embed``        ``(dim, channels*p*p)`` (conv view)
-``attn.c_attn.weight``         ``query/key/value``    row blocks ``(0,D) (D,2D) (2D,3D)``
-``attn.c_proj.weight``         ``attn_out``           ``(dim, dim)``
-``mlp.c_fc.weight``            ``mlp_in``             ``(mlp_dim, dim)``
-``mlp.c_proj.weight``          ``mlp_out``            ``(dim, mlp_dim)``
-``head.weight``                ``head``               ``(num_classes, dim)``
-LayerNorm weight and bias      ``norm``               column ``(dim, 1)``
-Linear / conv biases           ``bias``               column; ``c_attn.bias`` split in three
-                                                      like its weight
-=============================  =====================  =====================================
-
-``layer_id`` is the module path for matrices (``blocks.0.attn.c_attn[query]``: Q, K, V are
-three layers) and the view's own name for 1-D parameters (each is its own layer). ``meta``
-holds ``module``, ``block`` (index or ``None``) and, for biases, ``of``.
+big_vision's ``vit.py`` with the paper's choices: no class token, fixed 2-D sin-cos position
+embedding (a non-persistent buffer), pre-norm blocks, GELU in the tanh approximation (flax's
+``nn.gelu`` default), global average pooling, a final LayerNorm, a zero-initialised linear
+head. ViT-S/16 is the default: 21,974,632 parameters. Module names follow nanoGPT
+(``blocks[i].attn.c_attn`` fused Q/K/V, ``mlp.c_fc`` ...); the rotation layout is in
+:meth:`SimpleViT.rotation_layout` (docs/CONVENTIONS.md §3).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rotations.config import RotationConfig
 from rotations.layout import LayerView
 
-from .base import OptimizerFactory
+from .attention import ATTENTION_CHOICES, attend
+from .checks import positive_int
 from .classification import ClassificationModule
 
 __all__ = ["ViTConfig", "SimpleViT", "ViTLightningModule", "posemb_sincos_2d"]
 
-ATTENTION_CHOICES = ("math", "flash")
 NORM_EPS = 1e-6
-_FLASH_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                   SDPBackend.CUDNN_ATTENTION]
-_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # -----------------------------------------------------------------------------------------
@@ -95,9 +46,7 @@ class ViTConfig:
     def __post_init__(self):
         for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads",
                      "mlp_dim", "channels"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValueError(f"ViTConfig.{name} must be a positive int, got {val!r}")
+            positive_int(f"ViTConfig.{name}", getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(f"ViTConfig.image_size ({self.image_size}) must be divisible by "
                              f"ViTConfig.patch_size ({self.patch_size})")
@@ -161,18 +110,9 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.heads, D // self.heads).transpose(1, 2)   # (B, nh, T, hs)
         k = k.view(B, T, self.heads, D // self.heads).transpose(1, 2)
         v = v.view(B, T, self.heads, D // self.heads).transpose(1, 2)
-        y = self._sdpa(q, k, v)
+        y = attend(q, k, v, self.attention, causal=False)
         y = y.transpose(1, 2).contiguous().view(B, T, D)
         return self.c_proj(y)
-
-    def _sdpa(self, q, k, v):
-        if self.attention == "math":
-            with sdpa_kernel(SDPBackend.MATH):
-                return F.scaled_dot_product_attention(q, k, v)
-        if q.is_cuda and q.dtype in _FUSED_DTYPES:
-            with sdpa_kernel(_FLASH_BACKENDS):
-                return F.scaled_dot_product_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v)   # CPU: SDPA's default choice
 
 
 class MLP(nn.Module):
@@ -223,7 +163,9 @@ class SimpleViT(nn.Module):
     # -- init -----------------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """big_vision's init (see the module docstring); also refills ``pos_embed`` (needed
+        """big_vision's init: Linear weights Xavier-uniform (Q, K, V each as its own
+        ``dim x dim`` matrix), attention biases 0, MLP biases N(0, 1e-6), patch embedding
+        LeCun normal with zero bias, LayerNorm 1/0, head zeros; refills ``pos_embed`` (needed
         after ``to_empty()`` from the meta device)."""
         D = self.config.dim
         lecun_normal_(self.patch_embed.weight)
@@ -271,8 +213,15 @@ class SimpleViT(nn.Module):
 
     # -- rotation layout ------------------------------------------------------------------
     def rotation_layout(self) -> list[LayerView]:
-        """Every parameter as one or more LayerViews, typed from the module structure
-        (table in the module docstring)."""
+        """Every parameter as one or more LayerViews, typed from the module structure:
+
+        ``patch_embed.weight`` -> ``patch_embed`` ``(dim, channels*p*p)``; ``c_attn.weight``
+        -> ``query/key/value`` row blocks ``(0,D) (D,2D) (2D,3D)``; ``attn.c_proj`` ->
+        ``attn_out``; ``mlp.c_fc`` -> ``mlp_in``; ``mlp.c_proj`` -> ``mlp_out``; ``head`` ->
+        ``head``; LayerNorm weight and bias -> ``norm`` columns; biases -> ``bias`` columns
+        (``c_attn.bias`` split in three like its weight). ``layer_id`` is the module path for
+        matrices (Q, K, V are three layers) and the view's name for 1-D parameters; ``meta``
+        holds ``module``, ``block`` and, for biases, ``of``."""
         param_names = {id(p): n for n, p in self.named_parameters()}
         module_names = {id(m): n for n, m in self.named_modules()}
         views: list[LayerView] = []
@@ -335,27 +284,17 @@ class SimpleViT(nn.Module):
 # -----------------------------------------------------------------------------------------
 class ViTLightningModule(ClassificationModule):
     """SimpleViT trained by classification (paper Fig. 1b). Model args mirror
-    :class:`ViTConfig`; ``label_smoothing`` and the rest are :class:`ClassificationModule`'s
-    / :class:`~lightning_modules.base.RotatableModule`'s."""
+    :class:`ViTConfig`; ``**kwargs`` are :class:`ClassificationModule`'s (``label_smoothing``)
+    and :class:`~lightning_modules.base.RotatableModule`'s."""
 
     def __init__(self, image_size: int = 224, patch_size: int = 16, num_classes: int = 1000,
                  dim: int = 384, depth: int = 12, heads: int = 6, mlp_dim: int = 1536,
-                 channels: int = 3, attention: Literal["math", "flash"] = "math",
-                 label_smoothing: float = 0.0,
-                 optimizer: Optional[OptimizerFactory] = None,
-                 rotation: Optional[RotationConfig] = None, warmup_steps: int = 0,
-                 warmup_epochs: Optional[float] = None, decay_steps: Optional[int] = None,
-                 min_lr_ratio: float = 0.0, peak_flops: Optional[float] = None,
-                 compile: bool = False):
-        super().__init__(num_classes=num_classes, label_smoothing=label_smoothing,
-                         optimizer=optimizer, rotation=rotation, warmup_steps=warmup_steps,
-                         warmup_epochs=warmup_epochs, decay_steps=decay_steps,
-                         min_lr_ratio=min_lr_ratio, peak_flops=peak_flops, compile=compile)
-        self.save_hyperparameters(ignore=["optimizer", "rotation"])
-        self.hparams["rotation"] = self.rotation.to_dict()   # plain types: weights_only loads
-        self.config = ViTConfig(image_size=image_size, patch_size=patch_size,
-                                num_classes=num_classes, dim=dim, depth=depth, heads=heads,
-                                mlp_dim=mlp_dim, channels=channels, attention=attention)
+                 channels: int = 3, attention: Literal["math", "flash"] = "math", **kwargs):
+        super().__init__(num_classes=num_classes, **kwargs)
+
+    def configure_models(self) -> None:
+        names = {f.name for f in fields(ViTConfig)}
+        self.config = ViTConfig(**{k: v for k, v in self.hparams.items() if k in names})
         self.model = SimpleViT(self.config)
 
     def flops_per_sample(self) -> Optional[float]:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.gpt_model import GPT, GPTConfig, SwiGLUMLP
+from lightning_modules.gpt_model import GPT, GPTConfig, SwiGLUMLP, nanogpt_param_groups
 from rotations.layout import PARAM_TYPES, check_layout, model_layout
 
 
@@ -272,7 +272,7 @@ def test_layout_llama():
                                 dict(variant="llama")])
 def test_param_groups(kw):
     m = build(**kw)
-    groups = m.configure_param_groups(0.1)
+    groups = nanogpt_param_groups(m.named_parameters(), 0.1)
     assert [set(g) for g in groups] == [{"params", "weight_decay"}] * 2
     decay, no_decay = groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0

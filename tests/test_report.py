@@ -384,3 +384,97 @@ def test_auto_label_keys_use_the_nearest_class_path_when_nested():
     ]
     assert rp.auto_label_keys(runs) == ["model.init_args.rotation.scope",
                                         "model.init_args.optimizer.class_path"]
+
+
+# --------------------------------------------------------------------------- #
+# issue 16 item 11: real LightningCLI layout, runs without config.yaml, cut-off runs
+# --------------------------------------------------------------------------- #
+def cli_config(opt, lr, seed, scope="none", max_steps=200, **args):
+    """The layout LightningCLI saves (``model.init_args.optimizer.init_args.lr``)."""
+    return {"seed_everything": seed,
+            "trainer": {"max_steps": max_steps, "default_root_dir": "runs/x",
+                        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                   "init_args": {"save_dir": "runs/x"}}},
+            "model": {"class_path": "lightning_modules.gpt.GPTLightningModule",
+                      "init_args": {"min_lr_ratio": 1e-5 / lr,
+                                    "rotation": {"scope": scope},
+                                    "optimizer": {"class_path": opt,
+                                                  "init_args": {"lr": lr, **args}}}},
+            "ckpt_path": None}
+
+
+def test_best_lr_from_real_layout_configs_interior_and_edge(tmp_path, capsys):
+    """Half-decade grids, 3 seeds: AdamW's best lr is interior (reported with its interval),
+    Signum's at the top edge (flagged with the lr to add)."""
+    import scipy.stats as st
+
+    grids = {"torch.optim.AdamW": ([1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1], [3.0, 2.625, 2.5, 2.75, 3.125]),
+             "rotations.zoo.Signum": ([1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2], [3.5, 3.25, 3.0, 2.875, 2.75])}
+    offsets = {0: -0.125, 1: 0.0, 2: 0.125}
+    for opt, (lrs, finals) in grids.items():
+        for lr, f in zip(lrs, finals):
+            for seed, off in offsets.items():
+                d = tmp_path / "sweep" / f"{opt.rsplit('.', 1)[1]}_lr={lr:g}_seed={seed}"
+                write_run(d, cli_config(opt, lr, seed, betas=[0.9, 0.95]),
+                          {"val/loss": [(100, f + off + 1.0), (200, f + off)]})
+    out = tmp_path / "rep"
+    assert rp.main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    rows = {r["optimizer"]: r for r in read_csv(out / "best_lr.csv")}
+    assert set(rows) == {"AdamW", "Signum"}            # min_lr_ratio follows lr: not a setting
+    a, s = rows["AdamW"], rows["Signum"]
+    assert (float(a["best_lr"]), a["at_edge"], float(a["best_mean"]), a["n_seeds"]) == \
+        (0.01, "False", 2.5, "3")
+    half = st.t.ppf(0.975, 2) * st.sem([2.375, 2.5, 2.625])
+    assert float(a["best_ci95"]) == pytest.approx(half, rel=1e-12)
+    assert (float(s["best_lr"]), s["at_edge"]) == (0.01, "True")
+    assert float(s["extend_with"]) == pytest.approx(0.0316, rel=1e-3)  # one half-decade above
+    md = (out / "best_lr.md").read_text()
+    assert f"| AdamW | - | 0.01 | 2.5000 ± {half:.4f} | 3 | 0.001, 0.00316, 0.01, 0.0316, 0.1 |  |" in md
+    assert ("| Signum | - | not interior (0.01 at the edge) | 2.7500 ± "
+            f"{half:.4f} | 3 | 0.0001, 0.000316, 0.001, 0.00316, 0.01 | edge optimum: extend "
+            "the grid above, e.g. add lr 0.0316 |") in md
+
+
+def test_run_without_config_is_left_out_not_a_label_source(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for scope, v in (("none", 3.0), ("global", 3.5)):
+        write_run(root / f"run_{scope}", config(scope, 0), {"val/loss": [(100, v + 1), (200, v)]})
+    stray = root / "stray"
+    write_run(stray, {}, {"val/loss": [(100, 9.0), (200, 8.0)]})
+    (stray / "config.yaml").unlink()
+    out = tmp_path / "rep"
+    assert rp.main([str(root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "stray: no config.yaml; left out of the report" in err
+    rows = read_csv(out / "summary.csv")
+    assert [r["label"] for r in rows] == ["scope=none", "scope=global"]   # not every config key
+    # when no run has a config, the directory names are the labels
+    runs = [rp.make_run("a", None, {"val/loss": [(1, 2.0)]}),
+            rp.make_run("b", None, {"val/loss": [(1, 3.0)]})]
+    with pytest.warns(UserWarning, match="labelled by directory name"):
+        s = rp.summarize(runs)
+    assert [r["label"] for r in s.rows] == ["run=a", "run=b"]
+
+
+def test_truncated_run_is_flagged_not_reported_as_final(tmp_path, capsys):
+    root = tmp_path / "runs"
+    full = [(s, 4.0 - s / 200) for s in range(49, 400, 50)]           # 49 ... 399: complete
+    write_run(root / "run_none", config("none", 0) | {"trainer": {"max_steps": 400}},
+              {"val/loss": full, "train/loss": [(s, 3.0) for s in range(9, 400, 10)]})
+    cut = [p for p in full if p[0] <= 249]                            # killed at step ~250
+    write_run(root / "run_global", config("global", 0) | {"trainer": {"max_steps": 400}},
+              {"val/loss": cut, "train/loss": [(s, 3.0) for s in range(9, 260, 10)]})
+    out = tmp_path / "rep"
+    assert rp.main([str(root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "run run_global stops at step 249 before trainer.max_steps 400" in err
+    rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
+    assert rows["scope=global"]["truncated"] == "run_global" and rows["scope=none"]["truncated"] == ""
+    md = (out / "summary.md").read_text()
+    assert "| scope=global | 1 | 3.0000 (1 seed)† | 2.7550 (1 seed)† |" in md
+    assert "| scope=none | 1 | 3.0000 (1 seed) | 2.0050 (1 seed) |" in md
+    r = rp.make_run("x", {"trainer": {"max_steps": 400}}, {"val/loss": full})
+    assert r.truncated("val/loss") is None
+    assert rp.make_run("x", {"trainer": {"max_steps": 400}}, {"val/loss": cut}).truncated(
+        "val/loss") == 249
+    assert rp.make_run("x", {}, {"val/loss": cut}).truncated("val/loss") is None   # unknown

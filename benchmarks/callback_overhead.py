@@ -141,7 +141,8 @@ def fit(scope: str, steps: int, with_callbacks: bool, device: str, root: str):
 
 
 def hessian_row_cost(scope: str, device: str, repeats: int = 5) -> dict:
-    from rotations.probes import RotatedSpace, gpt_loss, hessian_rows
+    from adamrot.probe import gpt_loss
+    from rotations.probes import RotatedSpace, hessian_rows
 
     module = make_module(scope).to(device)
     opt = module.build_optimizer()

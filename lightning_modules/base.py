@@ -186,6 +186,12 @@ class RotatableModule(L.LightningModule):
         lr = optimizer.param_groups[0]["lr"]
         self.log("train/lr", lr, on_step=True, on_epoch=False, rank_zero_only=True)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """Lightning's step, through the non-finite guard when one is installed
+        (``callbacks/nonfinite.py``: loss and gradients checked before the update)."""
+        from callbacks.nonfinite import guarded_optimizer_step
+        guarded_optimizer_step(self.trainer, optimizer, optimizer_closure)
+
     # -- throughput --------------------------------------------------------------------------
     def count_samples(self, n_samples: int, n_tokens: int) -> None:
         """Call from ``training_step`` with the micro-batch's sizes (per rank)."""

@@ -1,0 +1,184 @@
+"""Checkpoints on disk: atomic writes, a checksum of their content verified on every load,
+finding a run's newest checkpoint by its recorded step, and the run counters a checkpoint
+carries (tokens seen, the config it was trained with). See docs/RUNS.md."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from callbacks.files import atomic_write_with
+
+__all__ = ["AtomicCheckpointIO", "CheckpointCorrupt", "RunState", "digest", "seal", "verify",
+           "load_checkpoint", "checkpoint_step", "newest_checkpoint", "last_checkpoint_path",
+           "CHECKSUM_KEY", "RUN_STATE_KEY"]
+
+#: key of the checksum inside a saved checkpoint dict
+CHECKSUM_KEY = "adamrot_checksum"
+#: key of :class:`RunState`'s record (tokens seen, the config of the run)
+RUN_STATE_KEY = "adamrot"
+
+
+class CheckpointCorrupt(ValueError):
+    """A checkpoint whose content does not match its checksum."""
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            t = t.cpu().contiguous().reshape(-1).view(torch.uint8)
+            h.update(memoryview(t.numpy()))
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def digest(obj) -> str:
+    """sha256 of nested tensors (dtype, shape, bytes) and plain values, in a canonical order."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def seal(checkpoint: dict) -> dict:
+    """``checkpoint`` with the sha256 of its content under :data:`CHECKSUM_KEY`."""
+    body = {k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY}
+    return {**body, CHECKSUM_KEY: {"sha256": digest(body)}}
+
+
+def verify(checkpoint: Any, path: Any) -> Any:
+    """Check and remove the checksum; raise :class:`CheckpointCorrupt` naming ``path`` when
+    the content differs. Checkpoints written before checksums existed pass unchecked."""
+    if not isinstance(checkpoint, dict) or CHECKSUM_KEY not in checkpoint:
+        return checkpoint
+    record = checkpoint.pop(CHECKSUM_KEY)
+    want = record.get("sha256") if isinstance(record, dict) else None
+    if want != digest(checkpoint):
+        raise CheckpointCorrupt(
+            f"checkpoint {path} is corrupt: its content does not match the sha256 it was saved "
+            "with (a changed byte on disk); it was not loaded. Resume from another checkpoint "
+            "(--ckpt_path) or start a new run.")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, mmap: bool = True) -> dict:
+    """``torch.load(weights_only=True)`` on the CPU, memory-mapped when the format allows,
+    with the checksum verified."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if not mmap:
+            raise
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)   # legacy format
+    return verify(ckpt, path)
+
+
+def checkpoint_step(path: str | os.PathLike) -> Optional[int]:
+    """The ``global_step`` a checkpoint records (not verified: cheap), or None if unreadable."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception:  # noqa: BLE001 - a torn or foreign file has no step
+        return None
+
+
+def newest_checkpoint(directory: str | os.PathLike) -> Optional[tuple[Path, int]]:
+    """The checkpoint of ``directory`` with the highest recorded ``global_step`` (ties: the
+    most recently written), as ``(path, step)``; None when there is none. File names do not
+    matter (``last.ckpt``, ``last-v1.ckpt``, ``step=…``)."""
+    best = None
+    for p in Path(directory).glob("*.ckpt"):
+        step = checkpoint_step(p)
+        if step is None:
+            continue
+        key = (step, p.stat().st_mtime_ns)
+        if best is None or key > best[0]:
+            best = (key, p)
+    return (best[1], best[0][0]) if best else None
+
+
+def last_checkpoint_path(trainer) -> str:
+    """Where ``last.ckpt`` goes: the ModelCheckpoint's directory, else
+    ``default_root_dir/checkpoints``."""
+    cb = trainer.checkpoint_callback
+    if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+        return os.path.join(cb.dirpath, cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)
+    return os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """:class:`TorchCheckpointIO` that never leaves a partial checkpoint, seals each one with a
+    checksum and never unpickles code.
+
+    ``save_checkpoint`` writes through :func:`callbacks.files.atomic_write_with` (temp file,
+    fsync, rename, fsync of the directory): a crash leaves the previous checkpoint intact.
+    Remote (fsspec) paths fall back to Lightning's transactional save. ``load_checkpoint``
+    uses ``torch.load(weights_only=True)`` and verifies the checksum
+    (:class:`CheckpointCorrupt` otherwise).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None
+                        ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        sealed = seal(checkpoint)
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(sealed, path)
+        atomic_write_with(path, lambda f: torch.save(sealed, f))
+
+    def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        ckpt = super().load_checkpoint(path, map_location=map_location,
+                                       weights_only=True if weights_only is None else weights_only)
+        return verify(ckpt, path)
+
+
+class RunState(Callback):
+    """Run counters that belong in a checkpoint: the module's ``tokens_seen`` (so
+    ``train/tokens`` continues on resume) and ``config`` — the ``model``/``data`` sections the
+    run was trained with, compared on resume (``adamrot/resume.py``).
+
+    Also tells the CLI whether this process has completed an optimizer step (``stepped``):
+    an error before that is a configuration error, with nothing of the run to keep.
+    """
+
+    def __init__(self, config: Optional[dict] = None):
+        self.config = config or {}
+        self.stepped = False
+        self._start: Optional[int] = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RUN_STATE_KEY] = {"tokens_seen": int(getattr(pl_module, "tokens_seen", 0)),
+                                     "config": self.config}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = checkpoint.get(RUN_STATE_KEY) or {}
+        if "tokens_seen" in state and hasattr(pl_module, "tokens_seen"):
+            pl_module.tokens_seen = int(state["tokens_seen"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._start is None:
+            self._start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None and trainer.global_step > self._start:
+            self.stepped = True

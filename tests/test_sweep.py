@@ -122,7 +122,7 @@ def test_grid_expansion_names_and_overrides():
     # deterministic
     assert [r.name for r in sw.expand_runs(spec)] == names
     # all names filesystem-safe
-    assert all(sw._sanitize(n) == n and "/" not in n for n in names)
+    assert all(sw.sanitize(n) == n and "/" not in n for n in names)
 
     cmd = sw.build_command(spec, runs[8], "runs/demo/x", ckpt_path="runs/demo/x/checkpoints/last.ckpt")
     assert cmd[:2] == [sys.executable, "fake_trainer.py"]

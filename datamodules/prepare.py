@@ -1,0 +1,297 @@
+"""Prepare a text corpus once: tokenize it into litdata token chunks (``train/``, ``val/``).
+
+A prepared directory holds ``train/`` and ``val/`` (litdata ``TokensLoader`` chunks: each
+document's tokens followed by EOT) and ``adamrot_prepared.json``, the manifest, written
+**last**: a directory without it is an interrupted preparation and is redone. The manifest's
+``key`` (corpus content or hub spec + tokenizer + split) makes preparation idempotent.
+Validation holds whole documents (:mod:`datamodules.corpus`). See docs/DATA.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from datamodules import corpus as C
+from datamodules.tokenizers import build_tokenizer
+
+FORMAT = "adamrot-prepared-text-v1"
+MANIFEST = "adamrot_prepared.json"
+CHUNK_TOKENS = 1 << 23          # tokens per litdata chunk (windows are shuffled within one)
+MIN_VAL_BYTES = 64 * 1024       # in-memory corpora hold out at least this much text
+SOURCES = ("embedded", "local", "hub")
+
+
+class PreparedError(ValueError):
+    """A missing, interrupted, corrupt or foreign prepared directory (message starts with it)."""
+
+
+def default_cache_dir() -> Path:
+    """``$ADAMROT_CACHE/prepared``, default ``~/.cache/adamrot/prepared``."""
+    root = os.environ.get("ADAMROT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "adamrot")
+    return Path(root) / "prepared"
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """What to prepare: one of the sources of :mod:`datamodules.corpus`."""
+
+    source: str = "embedded"
+    paths: tuple[str, ...] = ()
+    hub_dataset: str = "Skylion007/openwebtext"
+    hub_data_files: str | None = None
+    hub_split: str = "train"
+    text_column: str = "text"
+    max_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, "
+                             f"got {self.source!r}")
+        if self.source == "local" and not self.paths:
+            raise ValueError("source='local' requires paths (files, directories or globs)")
+        if self.source != "local" and self.paths:
+            raise ValueError(f"paths is only used with source='local', got source={self.source!r}")
+        if self.source == "local":
+            C.check_local_files(self.paths)
+
+    @property
+    def label(self) -> str:
+        if self.source == "embedded":
+            return f"stdlib:{C.stdlib_root()}"
+        if self.source == "local":
+            return ",".join(self.paths)
+        return self.hub_data_files or f"{self.hub_dataset}@refs/convert/parquet"
+
+    def read(self) -> list[str]:
+        """The whole corpus in memory (embedded and local sources)."""
+        if self.source == "embedded":
+            return C.read_embedded(self.max_bytes)
+        return C.read_local(self.paths, self.text_column, self.max_bytes)
+
+
+# -- the parallel writer ----------------------------------------------------------------
+
+def _token_arrays(texts: Iterable[str], tokenizer, dtype) -> Iterator[tuple[str, np.ndarray]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == 256:
+            yield from zip(batch, tokenizer.encode_batch(batch))
+            batch = []
+    if batch:
+        yield from zip(batch, tokenizer.encode_batch(batch))
+
+
+def _write_part(job: dict) -> dict:
+    """Tokenize one part of the corpus into ``train/`` and ``val/`` chunks of writer rank
+    ``part`` (what a litdata ``optimize`` worker does, with two outputs)."""
+    import torch
+    from litdata import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    tokenizer = build_tokenizer(job["tokenizer"], job["ranks_file"])
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    writers = {}
+    for split in ("train", "val"):
+        writers[split] = BinaryWriter(os.path.join(job["out"], split), chunk_size=CHUNK_TOKENS,
+                                      item_loader=TokensLoader())
+        writers[split]._rank = job["part"]      # chunk-<part>-<i>.bin, <part>.index.json
+    if "texts" in job:                          # in-memory corpus: split decided up front
+        texts, heldout = job["texts"], iter(job["heldout"])
+        side = lambda text: next(heldout)       # noqa: E731
+    else:
+        corpus = TextCorpus(**job["corpus"])
+        texts = C.cap_bytes(C.hub_texts(corpus.hub_dataset, corpus.hub_data_files,
+                                        corpus.hub_split, corpus.text_column, job["part"],
+                                        job["parts"]), corpus.max_bytes)
+        side = lambda text: C.holdout_score(text) < job["val_fraction"]  # noqa: E731
+    stats = {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
+    report, pending = job.get("report"), 0
+    for i, (text, ids) in enumerate(_token_arrays(texts, tokenizer, dtype)):
+        split = "val" if side(text) else "train"
+        tokens = np.empty(len(ids) + 1, dtype=dtype)
+        tokens[:-1], tokens[-1] = ids, tokenizer.eot_token
+        writers[split].add_item(stats[f"{split}_documents"], torch.from_numpy(tokens))
+        stats[f"{split}_documents"] += 1
+        stats[f"{split}_tokens"] += len(tokens)
+        pending += len(tokens)
+        if report is not None and pending >= 1 << 20:
+            report(pending)
+            pending = 0
+    for writer in writers.values():
+        writer.done()
+    if report is not None and pending:
+        report(pending)
+    return stats
+
+
+def _run_parts(jobs: list[dict], progress: bool, total: int | None) -> list[dict]:
+    """Run the jobs (in this process if one, else one process each) with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
+               desc="adamrot prepare")
+    try:
+        if len(jobs) == 1:
+            return [_write_part({**jobs[0], "report": bar.update})]
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        queue = ctx.Manager().Queue()
+        with ctx.Pool(len(jobs)) as pool:
+            result = pool.map_async(_write_part_reporting, [(job, queue) for job in jobs])
+            while not result.ready():
+                with contextlib.suppress(Exception):
+                    bar.update(queue.get(timeout=0.2))
+            stats = result.get()
+        while not queue.empty():
+            bar.update(queue.get())
+        return stats
+    finally:
+        bar.close()
+
+
+def _write_part_reporting(args) -> dict:
+    job, queue = args
+    return _write_part({**job, "report": queue.put})
+
+
+# -- prepare / open ---------------------------------------------------------------------
+
+def _key(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)           # concurrent preparers of one directory wait
+        yield
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a finished prepared directory (local or URL); :class:`PreparedError`
+    naming ``path`` if it is missing, unfinished, corrupt or not a prepared text corpus."""
+    import fsspec
+
+    path = str(path)
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.isdir(root):
+        raise PreparedError(f"{path}: prepared dataset directory does not exist "
+                            "(create it with `adamrot prepare`)")
+    try:
+        with fs.open(f"{root}/{MANIFEST}") as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise PreparedError(f"{path}: not a finished prepared dataset (no {MANIFEST}; an "
+                            "interrupted `adamrot prepare` leaves none: run it again)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PreparedError(f"{path}: corrupt {MANIFEST} ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise PreparedError(f"{path}: not a prepared text corpus of this version "
+                            f"(format {found!r}, expected {FORMAT!r})")
+    for split in ("train", "val"):
+        if not fs.isfile(f"{root}/{split}/index.json"):
+            raise PreparedError(f"{path}: corrupt prepared dataset ({split}/index.json missing)")
+    return manifest
+
+
+def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str | None = None,
+                 out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 val_fraction: float = 0.01, workers: int = 1, progress: bool = False,
+                 log: Callable[[str], None] | None = None) -> tuple[str, dict]:
+    """Prepare ``corpus`` into ``out`` (default: ``cache_dir/<key>``) unless already done;
+    returns ``(directory, manifest)``. ``out`` may be an object-store URL (written locally
+    first, then uploaded, manifest last)."""
+    tok = build_tokenizer(tokenizer, ranks_file)
+    texts = corpus.read() if corpus.source != "hub" else None
+    material = {"format": FORMAT, "corpus": asdict(corpus), "tokenizer": tok.name,
+                "val_fraction": val_fraction,
+                "content": C.corpus_hash(texts) if texts is not None else None}
+    material["corpus"]["paths"] = [str(Path(p).expanduser().resolve()) if not any(
+        c in p for c in "*?[") else p for p in corpus.paths]
+    key = _key(material)
+    out = str(out) if out is not None else str(Path(cache_dir or default_cache_dir()) / key)
+    remote = "://" in out and not out.startswith("file://")
+    local = Path(tempfile.mkdtemp(prefix="adamrot-prepare-")) if remote else Path(out)
+    with _locked(local):
+        with contextlib.suppress(PreparedError):
+            manifest = read_manifest(out)
+            if manifest.get("key") == key:
+                return out, manifest
+            raise PreparedError(f"{out}: holds another prepared corpus ({manifest.get('corpus')}"
+                                f", tokenizer {manifest.get('tokenizer')}); choose another "
+                                "output directory or delete it")
+        _clear_unfinished(local)
+        if log:
+            log(f"preparing {corpus.label} with tokenizer {tok.name} into {out}")
+        base = {"out": str(local), "tokenizer": tokenizer, "ranks_file": ranks_file,
+                "val_fraction": val_fraction}
+        if texts is not None:
+            heldout = C.split_heldout(texts, val_fraction, MIN_VAL_BYTES, corpus.label)
+            parts = np.array_split(np.arange(len(texts)), max(1, min(workers, len(texts))))
+            jobs = [{**base, "part": w, "texts": [texts[i] for i in idx],
+                     "heldout": heldout[idx].tolist()} for w, idx in enumerate(parts)]
+        else:
+            n = 1 if corpus.max_bytes is not None else workers  # a byte cap is on the stream
+            jobs = [{**base, "part": w, "parts": n, "corpus": asdict(corpus)} for w in range(n)]
+        stats = _run_parts(jobs, progress, None)
+        totals = {k: sum(s[k] for s in stats) for k in stats[0]}
+        if totals["val_tokens"] == 0 or totals["train_tokens"] == 0:
+            raise C.DataError(f"{corpus.label}: no {'validation' if totals['train_tokens'] else 'training'}"
+                              f" documents (val_fraction={val_fraction}); raise or lower it, or "
+                              "use a larger corpus")
+        from litdata import TokensLoader
+        from litdata.streaming.writer import BinaryWriter
+        for split in ("train", "val"):
+            BinaryWriter(str(local / split), chunk_size=CHUNK_TOKENS,
+                         item_loader=TokensLoader())._merge_no_wait()
+        manifest = {"format": FORMAT, "kind": "text", "key": key, "corpus": corpus.label,
+                    "source": corpus.source, "tokenizer": tok.name,
+                    "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
+                    "val_fraction": val_fraction, "corpus_hash": material["content"], **totals}
+        tmp = local / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, local / MANIFEST)
+        if remote:
+            _upload(local, out)
+            shutil.rmtree(local, ignore_errors=True)
+    return out, manifest
+
+
+def _clear_unfinished(directory: Path) -> None:
+    """Remove what an interrupted preparation left; refuse a directory holding anything else."""
+    ours = re.compile(r"(chunk-\d+-\d+\.bin|(\d+\.)?index\.json(\.tmp)?)$")
+    for entry in directory.iterdir():
+        if entry.name in (".lock", f".{MANIFEST}.tmp"):
+            continue
+        foreign = entry.name not in ("train", "val") or not entry.is_dir() or any(
+            not ours.match(f.name) for f in entry.iterdir())
+        if foreign:
+            raise PreparedError(f"{directory}: not empty and not a prepared dataset ({entry.name}"
+                                " found); choose an empty or new output directory")
+    for split in ("train", "val"):
+        shutil.rmtree(directory / split, ignore_errors=True)
+
+
+def _upload(local: Path, url: str) -> None:
+    """Copy a prepared directory to an object store, the manifest last."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for split in ("train", "val"):
+        fs.put(str(local / split), f"{root}/{split}", recursive=True)
+    fs.put(str(local / MANIFEST), f"{root}/{MANIFEST}")

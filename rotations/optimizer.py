@@ -1,39 +1,11 @@
 """The rotated optimizer step (docs/CONVENTIONS.md §1; paper Alg. 4/5).
 
-:class:`RotatedOptimizer` wraps *any* ``torch.optim.Optimizer`` (AdamW, SGD, RMSprop, Muon,
-the zoo in :mod:`rotations.zoo`) and runs it in a rotated basis. Per step:
-
-1. run the closure; read the final gradients (after DDP all-reduce, accumulation,
-   mixed-precision unscaling and clipping — Lightning does all of that inside the closure);
-2. for optimizers with *coupled* (L2) weight decay, add ``wd·w`` to the gradient;
-3. rotate every view's gradient **in fp32 or better** (``torch.float32`` matmuls forced to
-   "highest" precision, whatever ``torch.set_float32_matmul_precision`` says);
-4. give the rotated gradients to the base optimizer through *shadow* tensors of the views'
-   shapes whose values are set to zero: after ``base.step()`` a shadow holds exactly the
-   update ``Δ_R`` in rotated coordinates, and the base optimizer's state (m, v, momentum)
-   lives in rotated coordinates;
-5. apply decoupled weight decay ``w ← w − lr·wd·w`` in the standard basis (it commutes with
-   rotations), then ``w ← w + Rᵀ Δ_R``.
-
-Steps 3 and 5 run per *bucket* (:func:`rotations.scopes.build_buckets`): views of one scope
-and shape are stacked and rotated with one batched matmul, the stacked rotation blocks,
-bases and gather indices are precomputed (SVD bases restacked after each refresh), and every
-bucket's shadows are views of one buffer, so the update is unrotated without gathering
-tensors. The steady-state step reads no tensor value on the host (no ``.item()``, no
-branching on tensor values); ``compile=True`` wraps the buckets' stacked maths with
-``torch.compile`` (off by default).
-
-Parameters whose views are all unrotated are handed to the base optimizer directly (zero
-overhead, exact ``torch.optim`` behaviour). SVD bases are refreshed from the current gradient
-at step 1 and every ``svd_refresh_every`` steps; with ``svd_moments: reproject`` the first
-moment-like state (``exp_avg``, ``momentum_buffer``, linear in the gradients) is carried into
-the new basis, second moments are kept.
-
-``param_groups`` hold the real parameters (so LR schedulers, gradient clipping and AMP
-see the model); hyperparameters edited there are copied into the base optimizer before each
-step. ``state_dict()`` carries the base optimizer's state and the rotation state (seeds,
-fingerprints, SVD bases, step count) as tensors and plain values: it loads with
-``torch.load(weights_only=True)``.
+:class:`RotatedOptimizer` wraps any ``torch.optim.Optimizer`` and runs it in a rotated basis:
+rotate the gradients (fp32 or better), let the base optimizer step *shadow* tensors whose
+values are zero (so a shadow ends up holding the rotated update), unrotate the update and add
+it to the parameters. How weight decay composes with the rotation, which parameters skip a
+step, and the SVD refresh are in docs/CONVENTIONS.md §1, §4 and §5; memory and speed of the
+batched path (:mod:`rotations.batched`) in docs/ROTATIONS.md.
 """
 from __future__ import annotations
 
@@ -44,8 +16,10 @@ import torch
 
 from .config import RotationConfig
 from .layout import LayerView, check_layout
-from .scopes import Bucket, IdentityUnit, RotationPlan, SVDUnit, build_buckets
+from .batched import Bucket, SVDBucket, build_buckets
+from .scopes import IdentityUnit, RotationPlan, SVDUnit
 from .zoo import is_decoupled as zoo_is_decoupled
+from .zoo import weight_decay_mode
 
 #: state entries that are linear in the gradients (transported on an SVD refresh)
 LINEAR_STATE_KEYS = ("exp_avg", "momentum_buffer")
@@ -156,9 +130,13 @@ class RotatedOptimizer(torch.optim.Optimizer):
             for b in self._buckets:
                 b.compile(**kw)
         self._shadow: dict[str, torch.Tensor] = {}
+        self._bucket_of_unit: dict[int, Bucket] = {}
         for b in self._buckets:
             for v, s in zip(b.views, b.shadows):
                 self._shadow[v.name] = s
+            for u in b.units:
+                self._bucket_of_unit[id(u)] = b
+        self._no_grad: set = set()
 
         # base optimizer groups; weight decay of shadow groups is applied by us (standard
         # basis), so the base optimizer sees weight_decay = 0 there
@@ -177,13 +155,14 @@ class RotatedOptimizer(torch.optim.Optimizer):
                 self._is_shadow_group.append(False)
             if shadows:
                 sg = dict(hp, params=shadows)
-                if "weight_decay" in sg:
+                if "weight_decay" in sg:      # "in_rule" decay: restored by _sync_hparams
                     sg["weight_decay"] = 0.0
                 inner_groups.append(sg)
                 self._parent.append(gi)
                 self._is_shadow_group.append(True)
         self.base = base_factory(inner_groups)
-        self._decoupled = is_decoupled(self.base)
+        self._wd_mode = weight_decay_mode(self.base)
+        self._decoupled = self._wd_mode == "decoupled"
         self._shadowed_params = [p for g in groups for p in g["params"] if id(p) in shadowed]
 
         # outer groups: real params, hyperparameters mirrored from the base optimizer
@@ -252,7 +231,8 @@ class RotatedOptimizer(torch.optim.Optimizer):
             for k, val in og.items():
                 if k == "params" or k not in ig:
                     continue
-                if k == "weight_decay" and self._is_shadow_group[j]:
+                if k == "weight_decay" and self._is_shadow_group[j] and \
+                        self._wd_mode != "in_rule":
                     continue
                 ig[k] = val
 
@@ -262,30 +242,53 @@ class RotatedOptimizer(torch.optim.Optimizer):
 
     # -- the step ----------------------------------------------------------------------------
     def _effective_grads(self) -> dict:
-        """Gradients of shadowed params in compute precision (None grad -> zeros), with
-        coupled weight decay added."""
+        """Gradients of shadowed params in compute precision, with coupled weight decay
+        added. A param without ``.grad`` gets zeros and goes into ``self._no_grad``: it is
+        not updated, as in ``torch.optim`` (docs/CONVENTIONS.md §1)."""
         grads: dict[int, torch.Tensor] = {}
+        self._no_grad = set()
         for p in self._shadowed_params:
             dt = torch.promote_types(p.dtype, torch.float32)
-            g = torch.zeros_like(p, dtype=dt) if p.grad is None else p.grad.to(dt)
+            if p.grad is None:
+                self._no_grad.add(id(p))
+                grads[id(p)] = torch.zeros_like(p, dtype=dt)
+                continue
+            g = p.grad.to(dt)
             wd = self.param_groups[self._group_of_param[id(p)]].get("weight_decay", 0.0)
-            if wd and not self._decoupled:
+            if wd and self._wd_mode == "coupled":
                 g = g.add(p.detach().to(dt), alpha=wd)
             grads[id(p)] = g
         return grads
 
-    def _refresh_svd(self, grads: dict) -> None:
+    def _refresh_svd(self, grads: dict) -> set:
+        """Refresh the due SVD bases from this step's gradients, one layer at a time (each
+        new basis goes straight into its bucket's stack); returns the refreshed units."""
         step, every = self.rotation_step, self.config.svd_refresh_every
-        for u in self.plan.units:
-            if isinstance(u, SVDUnit) and (u.U is None or (step - 1) % every == 0):
-                old = (u.U, u.V) if u.U is not None else None
-                u.refresh(self._grad_matrix(u.views[0], grads), step)
-                self.last_svd_refresh = step
-                if old is not None and self.config.svd_moments == "reproject":
-                    st = self.base.state.get(self._shadow[u.views[0].name], {})
-                    for k in LINEAR_STATE_KEYS:
-                        if isinstance(st.get(k), torch.Tensor):
-                            st[k].copy_(u.transport(st[k], old))
+        done = set()
+        for u in self.plan.svd_units:
+            due = u.U is None or (step - 1) % every == 0
+            if not due or (u.U is not None and id(u.views[0].param) in self._no_grad):
+                continue
+            st, carried = self.base.state.get(self._shadow[u.views[0].name], {}), {}
+            if u.U is not None and self.config.svd_moments == "reproject":
+                for k in LINEAR_STATE_KEYS:      # to standard coordinates with the old basis
+                    if isinstance(st.get(k), torch.Tensor):
+                        carried[k] = u.unrotate([st[k]])[0]
+            u.refresh(self._grad_matrix(u.views[0], grads), step)
+            self._bucket_of_unit[id(u)].adopt(u)
+            for k, x in carried.items():
+                st[k].copy_(u.rotate([x])[0])
+            done.add(u)
+            self.last_svd_refresh = step
+        return done
+
+    def _rotated_grads(self, b: Bucket, grads: dict, refreshed: set) -> list:
+        """The bucket's gradients in rotated coordinates. On a step whose gradient defined
+        the SVD bases, ``Uᵀ G V = diag(S)`` by construction and is used as such (rounding off
+        the diagonal would become ±1 Adam updates; docs/CONVENTIONS.md §4)."""
+        if isinstance(b, SVDBucket) and refreshed and all(u in refreshed for u in b.units):
+            return [u.refresh_gradient() for u in b.units]
+        return b.rotate([self._grad_matrix(v, grads) for v in b.views])
 
     def _decay(self) -> None:
         """Decoupled weight decay ``w ← w − lr·wd·w`` of the shadowed params."""
@@ -293,7 +296,7 @@ class RotatedOptimizer(torch.optim.Optimizer):
         for p in self._shadowed_params:
             g = self.param_groups[self._group_of_param[id(p)]]
             wd = g.get("weight_decay", 0.0)
-            if wd:
+            if wd and id(p) not in self._no_grad:
                 ps.append(p)
                 fs.append(1.0 - g["lr"] * wd)
         if not ps:
@@ -304,15 +307,25 @@ class RotatedOptimizer(torch.optim.Optimizer):
             for p, f in zip(ps, fs):
                 p.mul_(f)
 
-    @staticmethod
-    def _add_deltas(views: list[LayerView], deltas: list[torch.Tensor]) -> None:
-        """``w[view] += delta`` for every view (one foreach call when dtypes agree)."""
+    def _add_deltas(self, views: list[LayerView], deltas: list[torch.Tensor]) -> None:
+        """``w[view] += delta`` for every view of a param that has a gradient (one foreach
+        call when dtypes agree)."""
+        if self._no_grad:
+            keep = [i for i, v in enumerate(views) if id(v.param) not in self._no_grad]
+            views, deltas = [views[i] for i in keep], [deltas[i] for i in keep]
         targets = [v.matrix(v.param.data) for v in views]
         if all(t.dtype == d.dtype for t, d in zip(targets, deltas)):
             torch._foreach_add_(targets, deltas)
         else:
             for t, d in zip(targets, deltas):
                 t.add_(d.to(t.dtype))
+
+    def _in_rule_decay(self) -> bool:
+        """Whether the base optimizer must step the rotated weights (weight decay inside its
+        rule, docs/CONVENTIONS.md §5)."""
+        return self._wd_mode == "in_rule" and any(
+            g.get("weight_decay", 0.0)
+            for g, sh in zip(self.base.param_groups, self._is_shadow_group) if sh)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -323,14 +336,27 @@ class RotatedOptimizer(torch.optim.Optimizer):
         self._sync_hparams()
         self.rotation_step += 1
         grads = self._effective_grads()
+        in_rule = self._in_rule_decay()
+        before = {}
 
         with fp32_matmul():
-            self._refresh_svd(grads)
+            refreshed = self._refresh_svd(grads)
             for b in self._buckets:
-                rotated = b.rotate([self._grad_matrix(v, grads) for v in b.views])
-                b.buffer.zero_()
-                for s, r in zip(b.shadows, rotated):
-                    s.grad = r if r.dtype == s.dtype else r.to(s.dtype)
+                rotated = self._rotated_grads(b, grads, refreshed)
+                if in_rule:
+                    w = b.rotate([v.matrix(v.param.detach()).to(b.dtype) for v in b.views])
+                    for s, x in zip(b.shadows, w):
+                        s.copy_(x)
+                    before[b] = b.buffer.clone()
+                else:
+                    b.buffer.zero_()
+                mixed = b.kind == "global"     # every global slot mixes all params
+                for v, s, r in zip(b.views, b.shadows, rotated):
+                    if id(v.param) in self._no_grad and not mixed:
+                        s.grad = None
+                    else:
+                        s.grad = r if r.dtype == s.dtype else r.to(s.dtype)
+                del rotated
 
         self.base.step()
 
@@ -338,6 +364,8 @@ class RotatedOptimizer(torch.optim.Optimizer):
             if self._decoupled:
                 self._decay()
             for b in self._buckets:
+                if in_rule:
+                    b.buffer.sub_(before.pop(b))
                 self._add_deltas(b.views, b.unrotate())
         for b in self._buckets:
             for s in b.shadows:

@@ -1,33 +1,9 @@
-"""Rotation scopes (paper Fig. 4, docs/CONVENTIONS.md §3): which coordinates rotate together.
-
-A :class:`RotationPlan` turns a model's :class:`~rotations.layout.LayerView` list and a
-:class:`~rotations.config.RotationConfig` into *units*. A unit owns one or more views and
-maps their matrices (``out x in`` each) to rotated tensors of the **same shapes** and back:
-
-| scope        | unit                                  | operation on a view ``G``           |
-|--------------|---------------------------------------|-------------------------------------|
-| ``none``     | :class:`IdentityUnit`                 | ``G``                               |
-| ``global``   | one :class:`GlobalUnit` for all views | ``R vec(all)`` split back per view  |
-| ``layerwise``| :class:`LayerUnit` per view           | ``R vec(G)``                        |
-| ``outputwise``| :class:`RowUnit` per view            | every row by the same ``Q_in``      |
-| ``inputwise``| :class:`ColUnit` per view             | every column by the same ``Q_out``  |
-| ``svd``      | :class:`SVDUnit` per view             | ``Uᵀ G V`` (bases refreshed)        |
-
-Rotations longer than ``block_size`` use the block-plus-permutation construction
-(:class:`~rotations.sampling.BlockRotation`). 1-D parameters are columns ``(dim, 1)``:
-``outputwise`` leaves them unchanged, ``inputwise`` rotates them as one block, ``svd``
-uses the SVD of the column (``U`` completes ``g/|g|``; ``V = ±1``).
-
-Since rotated tensors keep each view's shape, any optimizer (element-wise or matrix-wise
-such as Muon) can run on them.
-
-Units are the reference, one-layer-at-a-time API (probes and tests use it). The optimizer
-runs the same maths through *buckets* (:func:`build_buckets`): units of one scope whose
-views have the same shape (the 12 query matrices of a GPT, …) are stacked and rotated with
-one batched matmul; the stacked blocks, bases and gather indices are built once per
-rotation (and again after each SVD refresh), and each bucket owns one buffer that holds the
-shadows of all its views, so unrotating the base optimizer's update needs no gathering of
-tensors. Pure PyTorch.
+"""Rotation scopes, reference maths (docs/CONVENTIONS.md §3): which coordinates rotate
+together. A :class:`RotationPlan` turns a model's views (:class:`~rotations.layout.LayerView`)
+and a :class:`~rotations.config.RotationConfig` into *units*; a unit maps its views'
+``(out, in)`` matrices to rotated tensors of the same shapes and back, one layer at a time.
+The optimizer runs the same maths batched (:mod:`rotations.batched`, tested against this).
+Pure PyTorch.
 """
 from __future__ import annotations
 
@@ -38,8 +14,11 @@ import torch.distributed as dist
 
 from .config import RotationConfig
 from .layout import LayerView
-from .sampling import BlockRotation, BlockStack
-from .svd import BasisStack, OrthoBasis, svd_bases
+from .sampling import BlockRotation, block_structure
+from .svd import OrthoBasis, svd_factors
+
+#: the dense Haar blocks of a plan may need at most this much memory (float64, as sampled)
+MAX_BLOCK_BYTES = 4 << 30
 
 
 class Unit:
@@ -175,9 +154,23 @@ class SVDUnit(Unit):
         self.U: Optional[OrthoBasis] = None
         self.V: Optional[OrthoBasis] = None
         self.refreshed_at = 0
+        self.sigma: Optional[torch.Tensor] = None   # singular values of the last refresh
+
+    def refresh_gradient(self) -> torch.Tensor:
+        """``Uᵀ G V`` for the gradient ``G`` that defined the current bases: ``diag(S)``
+        padded with zeros, exactly (computing it would leave rounding off the diagonal).
+        Valid once, right after :meth:`refresh`."""
+        if self.sigma is None:
+            raise RuntimeError(f"{self.name!r}: no refresh since the last refresh_gradient()")
+        S, self.sigma = self.sigma, None
+        G = S.new_zeros(self.views[0].shape)
+        r = S.numel()
+        G[:r, :r].diagonal().copy_(S)
+        return G
 
     def refresh(self, g: torch.Tensor, step: int) -> None:
-        U, V = svd_bases(g, self.dense_max)
+        U, S, V = svd_factors(g, self.dense_max)
+        self.sigma = S
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for b in (U, V):   # bases identical on every rank: rank 0's are authoritative
                 for t in (b.dense, b.a, b.tau, b.signs):
@@ -220,6 +213,7 @@ class RotationPlan:
     """All units for a model under a config; views in ``none`` scope go to one identity unit."""
 
     def __init__(self, views: list[LayerView], config: RotationConfig):
+        check_block_size(views, config)
         self.config = config
         self.views = views
         by_scope: dict[str, list[LayerView]] = {}
@@ -270,253 +264,39 @@ class RotationPlan:
             u.load_state(units[u.name], device)
 
 
-# ------------------------------------------------------------------------------------------
-# batched execution: buckets of same-shape units
-# ------------------------------------------------------------------------------------------
-def compute_dtype(view: LayerView) -> torch.dtype:
-    """Rotations run in fp32 or better (the shadows' dtype)."""
-    return torch.promote_types(view.param.dtype, torch.float32)
+def rotated_dims(views: list[LayerView], config: RotationConfig) -> list[tuple[str, int]]:
+    """``(unit key, d)`` of every block rotation a plan would sample (no sampling)."""
+    dims, glob = [], 0
+    for v in views:
+        s = config.scope_for(v.ptype)
+        out, inp = v.shape
+        if s == "global":
+            glob += out * inp
+        elif s == "layerwise":
+            dims.append(("layer:" + v.name, out * inp))
+        elif s == "outputwise" and inp > 1:
+            dims.append(("row:" + v.name, inp))
+        elif s == "inputwise" and out > 1:
+            dims.append(("col:" + v.name, out))
+    if glob:
+        dims.append(("global", glob))
+    return dims
 
 
-class Bucket:
-    """Views of one or more units, rotated together by batched operations.
-
-    A bucket owns :attr:`buffer`, one tensor holding the *shadows* of all its views
-    (:attr:`shadows`, views of the buffer in the views' ``(out, in)`` shapes), so the
-    optimizer can hand the shadows to its base optimizer and unrotate the whole buffer at
-    once. ``rotate(mats)`` / ``unrotate(mats)`` take and return per-view matrices
-    (``unrotate()`` with no argument reads the shadows); the stacked maths lives in
-    ``_rotate`` / ``_unrotate`` (tensor in, tensor out, no host syncs), which
-    :meth:`compile` may wrap with ``torch.compile``.
-    """
-
-    kind = "none"
-
-    def __init__(self, units: list[Unit], device, dtype: torch.dtype):
-        self.units = units
-        self.views = [v for u in units for v in u.views]
-        self.device, self.dtype = torch.device(device), dtype
-        self.buffer = torch.zeros(self._buffer_shape(), device=self.device, dtype=dtype)
-        self.shadows = self._split(self.buffer)
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}[{len(self.views)} x {tuple(self.views[0].shape)}]"
-
-    # -- layout --------------------------------------------------------------------------
-    def _buffer_shape(self) -> tuple:
-        return (len(self.views),) + tuple(self.views[0].shape)
-
-    def _stack(self, mats: list[torch.Tensor]) -> torch.Tensor:
-        if len(mats) == 1:
-            return mats[0].unsqueeze(0)
-        return torch.stack(mats)
-
-    def _split(self, stacked: torch.Tensor) -> list[torch.Tensor]:
-        return list(stacked.unbind(0))
-
-    # -- maths on stacked tensors -----------------------------------------------------------
-    def prepare(self) -> None:
-        """Bring cached stacks up to date (SVD bases after a refresh)."""
-
-    def _rotate(self, X: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _unrotate(self, Y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def compile(self, **kwargs) -> None:
-        """Wrap the stacked maths with ``torch.compile`` (optional; default off)."""
-        self._rotate = torch.compile(self._rotate, **kwargs)
-        self._unrotate = torch.compile(self._unrotate, **kwargs)
-
-    # -- per-view API ------------------------------------------------------------------------
-    def rotate(self, mats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Standard-basis matrices of :attr:`views` -> rotated (fresh tensors)."""
-        self.prepare()
-        return self._split(self._rotate(self._stack(mats)))
-
-    def unrotate(self, mats: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
-        """Rotated matrices (default: the shadows) -> standard basis (fresh tensors)."""
-        self.prepare()
-        X = self.buffer if mats is None else self._stack(mats)
-        return self._split(self._unrotate(X))
-
-
-class _FlatBucket(Bucket):
-    """Views of any shapes concatenated into one vector (identity and global)."""
-
-    def _buffer_shape(self) -> tuple:
-        self.sizes = [v.numel for v in self.views]
-        self.shapes = [tuple(v.shape) for v in self.views]
-        return (sum(self.sizes),)
-
-    def _stack(self, mats):
-        return torch.cat([m.reshape(-1) for m in mats])
-
-    def _split(self, flat):
-        return [c.view(s) for c, s in zip(flat.split(self.sizes), self.shapes)]
-
-
-class IdentityBucket(_FlatBucket):
-    kind = "none"
-
-    def rotate(self, mats):
-        # per-view copies (not one concatenated tensor): on the CPU, glibc maps and unmaps a
-        # single large block on every step, and the page faults cost more than the copies
-        return [m.clone(memory_format=torch.contiguous_format) for m in mats]
-
-    def _rotate(self, X):
-        return X.clone()
-
-    def _unrotate(self, Y):
-        return Y
-
-    def unrotate(self, mats=None):
-        return list(self.shadows) if mats is None else list(mats)
-
-    def compile(self, **kwargs) -> None:
-        pass
-
-
-class GlobalBucket(_FlatBucket):
-    kind = "global"
-
-    def __init__(self, units, device, dtype):
-        super().__init__(units, device, dtype)
-        self.R = BlockStack([units[0].R], device=self.device, dtype=dtype)
-        self.R.precompute("last", 1)
-
-    def _rotate(self, X):
-        return self.R.rotate_last(X.view(1, 1, -1)).view(-1)
-
-    def _unrotate(self, Y):
-        return self.R.unrotate_last(Y.view(1, 1, -1)).view(-1)
-
-
-class LayerBucket(Bucket):
-    """layerwise: ``vec(G_l)`` of same-size layers, stacked ``(L, N)``."""
-
-    kind = "layerwise"
-
-    def __init__(self, units, device, dtype):
-        super().__init__(units, device, dtype)
-        self.R = BlockStack([u.R for u in units], device=self.device, dtype=dtype)
-        self.R.precompute("last", 1)
-
-    def _buffer_shape(self):
-        return (len(self.views), self.views[0].numel)
-
-    def _stack(self, mats):
-        return super()._stack([m.reshape(-1) for m in mats])
-
-    def _split(self, stacked):
-        return [s.view(v.shape) for s, v in zip(stacked.unbind(0), self.views)]
-
-    def _rotate(self, X):
-        return self.R.rotate_last(X.unsqueeze(1)).squeeze(1)
-
-    def _unrotate(self, Y):
-        return self.R.unrotate_last(Y.unsqueeze(1)).squeeze(1)
-
-
-class RowBucket(Bucket):
-    """outputwise: ``G_l (out, in)`` stacked ``(L, out, in)``; every row by ``R_l``."""
-
-    kind = "outputwise"
-    axis = "last"
-
-    def __init__(self, units, device, dtype):
-        super().__init__(units, device, dtype)
-        self.R = BlockStack([u.R for u in units], device=self.device, dtype=dtype)
-        out, inp = self.views[0].shape
-        self.R.precompute(self.axis, out if self.axis == "last" else inp)
-
-    def _rotate(self, X):
-        return self.R.rotate_last(X)
-
-    def _unrotate(self, Y):
-        return self.R.unrotate_last(Y)
-
-
-class ColBucket(RowBucket):
-    """inputwise: every column by ``R_l`` (left multiplication, no transposes)."""
-
-    kind = "inputwise"
-    axis = "first"
-
-    def _rotate(self, X):
-        return self.R.rotate_first(X)
-
-    def _unrotate(self, Y):
-        return self.R.unrotate_first(Y)
-
-
-class SVDBucket(Bucket):
-    """svd: ``U_lᵀ G_l V_l`` with the units' bases stacked (restacked after a refresh)."""
-
-    kind = "svd"
-
-    def __init__(self, units, device, dtype):
-        super().__init__(units, device, dtype)
-        self._bases: Optional[list] = None
-        self.U: Optional[BasisStack] = None
-        self.V: Optional[BasisStack] = None
-
-    def prepare(self) -> None:
-        cur = [(u.U, u.V) for u in self.units]
-        if self._bases is not None and all(a is c and b is d for (a, b), (c, d)
-                                           in zip(cur, self._bases)):
-            return
-        for u in self.units:
-            u._check()
-        self.U = BasisStack([u.U for u in self.units], device=self.device, dtype=self.dtype)
-        self.V = BasisStack([u.V for u in self.units], device=self.device, dtype=self.dtype)
-        self._bases = cur
-
-    def _rotate(self, X):
-        return self.U.apply_t(self.V.apply_right(X))
-
-    def _unrotate(self, Y):
-        return self.U.apply(self.V.apply_right_t(Y))
-
-
-def build_buckets(units: list[Unit], device=None) -> list[Bucket]:
-    """Group units into buckets: one per scope, compute dtype, device and view shape (and
-    rotation structure); identity views of one dtype/device share one bucket."""
-    keyed: dict[tuple, list] = {}
-    for u in units:
-        v0 = u.views[0]
-        dev = torch.device(device) if device is not None else v0.param.device
-        if isinstance(u, IdentityUnit):
-            for v in u.views:
-                keyed.setdefault(("none", compute_dtype(v), str(dev)), []).append(
-                    IdentityUnit([v]))
-            continue
-        dt = compute_dtype(v0)
-        if isinstance(u, GlobalUnit):
-            dt = v0.param.dtype
-            for v in u.views:
-                dt = torch.promote_types(dt, compute_dtype(v))
-            if any(compute_dtype(v) != dt for v in u.views):
-                raise ValueError("global rotation over parameters of different dtypes is not "
-                                 "supported (the shadows share one buffer)")
-            key = ("global", id(u))
-        elif isinstance(u, LayerUnit):
-            key = ("layerwise", u.R.signature)
-        elif isinstance(u, ColUnit):            # (ColUnit before RowUnit: no subclassing,
-            key = ("inputwise", tuple(v0.shape), u.R.signature)   # but keep it explicit)
-        elif isinstance(u, RowUnit):
-            key = ("outputwise", tuple(v0.shape), u.R.signature)
-        elif isinstance(u, SVDUnit):
-            key = ("svd", tuple(v0.shape))
-        else:
-            raise TypeError(f"no bucket for unit type {type(u).__name__}")
-        keyed.setdefault(key + (dt, str(dev)), []).append(u)
-    cls = {"none": IdentityBucket, "global": GlobalBucket, "layerwise": LayerBucket,
-           "outputwise": RowBucket, "inputwise": ColBucket, "svd": SVDBucket}
-    buckets = []
-    for key, us in keyed.items():
-        dt, dev = key[-2], key[-1]
-        buckets.append(cls[key[0]](us, dev, dt))
-    return buckets
+def check_block_size(views: list[LayerView], config: RotationConfig) -> None:
+    """One rule for every scope: each rotation of dimension ``d`` samples dense Haar blocks
+    of ``n = min(block_size, d)`` (and a residual ``p < n``); together, in float64, they
+    may need at most :data:`MAX_BLOCK_BYTES`. Raises ``ValueError`` naming
+    ``rotation.block_size`` and the memory it would need, before anything is sampled."""
+    total, worst = 0, (0, "")
+    for key, d in rotated_dims(views, config):
+        n, _, p = block_structure(d, config.block_size)
+        total += 8 * (n * n + p * p)
+        worst = max(worst, (n, key))
+    if total > MAX_BLOCK_BYTES:
+        raise ValueError(
+            f"rotation.block_size={config.block_size} is impossible for this model under "
+            f"{config.scope if not config.only else 'rotation.only'}: its dense rotation blocks "
+            f"would need {total / 2**30:.1f} GiB (largest {worst[0]} x {worst[0]}, "
+            f"{worst[1]!r}); at most {MAX_BLOCK_BYTES / 2**30:.0f} GiB. Use a smaller "
+            "block_size (the paper uses 768).")

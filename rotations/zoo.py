@@ -47,6 +47,8 @@ __all__ = [
     "Float32Muon",
     "newton_schulz_fp32",
     "is_decoupled",
+    "weight_decay_mode",
+    "WEIGHT_DECAY_MODES",
     "DECOUPLED_WEIGHT_DECAY",
     "adam_moment_stats",
 ]
@@ -248,10 +250,14 @@ class ClippedSGD(torch.optim.SGD):
 
     Weight decay is **coupled** (L2, as in ``torch.optim.SGD``) and is added *after*
     clipping: ``g_sgd = clip(g) + weight_decay * p`` — i.e. this equals
-    ``clip_grad_norm_`` followed by ``torch.optim.SGD``.
+    ``clip_grad_norm_`` followed by ``torch.optim.SGD``. Since the decay term enters after a
+    non-linear step, it cannot be added to the gradient before rotating:
+    ``weight_decay_mode = "in_rule"`` tells the rotation engine to hand the optimizer the
+    rotated weights (docs/CONVENTIONS.md §5).
     """
 
     decoupled_weight_decay = False
+    weight_decay_mode = "in_rule"
 
     def __init__(
         self,
@@ -637,6 +643,32 @@ def is_decoupled(opt_or_cls: Union[Optimizer, type]) -> bool:
         f"unknown weight decay convention for {cls.__module__}.{cls.__qualname__}: give the "
         "class a boolean attribute `decoupled_weight_decay`"
     )
+
+
+#: how an optimizer's weight decay composes with a rotation ``R`` (docs/CONVENTIONS.md §5)
+WEIGHT_DECAY_MODES = {
+    "none": "the optimizer has no weight_decay",
+    "decoupled": "w <- w - lr*wd*w after the rule; commutes with R (applied in the standard basis)",
+    "coupled": "g <- g + wd*w before the rule; linear, so R(g + wd*w) = Rg + wd*Rw (added "
+               "before rotating)",
+    "in_rule": "the rule uses w after a non-linear step (ClippedSGD: clip(g) + wd*w); the "
+               "optimizer is given the rotated weights Rw",
+}
+
+
+def weight_decay_mode(opt: Optimizer) -> str:
+    """One of :data:`WEIGHT_DECAY_MODES` for an optimizer instance: ``"none"`` without a
+    ``weight_decay`` default, else a string class attribute ``weight_decay_mode``, else
+    ``"decoupled"``/``"coupled"`` from :func:`is_decoupled`."""
+    if "weight_decay" not in opt.defaults:
+        return "none"
+    mode = getattr(type(opt), "weight_decay_mode", None)
+    if isinstance(mode, str):
+        if mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"{type(opt).__name__}.weight_decay_mode = {mode!r}; allowed: "
+                             f"{', '.join(WEIGHT_DECAY_MODES)}")
+        return mode
+    return "decoupled" if is_decoupled(opt) else "coupled"
 
 
 # ---------------------------------------------------------------------------------------

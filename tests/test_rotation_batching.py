@@ -14,10 +14,11 @@ from lightning_modules.gpt_model import GPT, GPTConfig
 from rotations.config import RotationConfig
 from rotations.layout import model_layout
 from rotations.optimizer import RotatedOptimizer
-from rotations.sampling import BlockRotation, BlockStack
+from rotations.sampling import BlockRotation
 from rotations.scopes import (ColUnit, GlobalUnit, IdentityUnit, LayerUnit, RotationPlan,
-                              RowUnit, SVDUnit, build_buckets)
-from rotations.svd import BasisStack, svd_bases
+                              RowUnit, SVDUnit)
+from rotations.batched import BasisStack, BlockStack, build_buckets
+from rotations.svd import svd_bases
 
 SCOPES = ["global", "layerwise", "outputwise", "inputwise", "svd"]
 # n_embd 16, mlp 64, vocab 37, context 8: 5 and 24 divide none / some of them, 4 and 8 all
@@ -89,10 +90,9 @@ def close(a, b, tol=2e-5):
                                          (64, 16, True), (70, 16, True), (70, 16, False),
                                          (16, 16, True), (20, 16, False)])
 @pytest.mark.parametrize("m", [1, 6])
-@pytest.mark.parametrize("permute_by", ["gather", "scatter"])
-def test_block_stack_matches_dense(d, n, permute, m, permute_by):
+def test_block_stack_matches_dense(d, n, permute, m):
     rots = [BlockRotation(d, n, seed=3, key=f"r{i}", permute=permute) for i in range(3)]
-    st = BlockStack(rots, dtype=torch.float64, permute_by=permute_by)
+    st = BlockStack(rots, dtype=torch.float64)
     dense = [r.dense() for r in rots]
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(3, m, d, dtype=torch.float64, generator=g)     # rotate the last axis

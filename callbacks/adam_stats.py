@@ -5,35 +5,29 @@ Rank 0 only.
 """
 from __future__ import annotations
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from rotations.probes import view_states
 from rotations.zoo import adam_moment_stats
 
+from ._common import PeriodicCallback, optimizers, views_for
+
 LOGGED = ("sigma2_mean", "sigma2_median", "sigma2_min", "ratio_mean", "ratio_median",
           "ratio_q05", "ratio_q95")
 
 
-class AdamMomentStats(L.Callback):
+class AdamMomentStats(PeriodicCallback):
     """Every ``every_n_steps`` optimizer steps, log ``adam/<stat>/<ptype>`` for Adam-type
     optimizers with β1 = β2 (other betas: warns once and logs nothing)."""
 
     def __init__(self, every_n_steps: int = 100):
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self._warned = False
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if not trainer.is_global_zero or step == 0 or step % self.every_n_steps:
-            return
-        if getattr(self, "_last", None) == step:       # accumulation: once per optimizer step
-            return
-        self._last = step
-        metrics = self.compute(trainer.optimizers[0], pl_module.rotation_views())
+    def log_now(self, trainer, pl_module, step: int) -> None:
+        opt = optimizers(trainer)[0]
+        metrics = self.compute(opt, views_for(opt, pl_module))
         if metrics:
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
@@ -41,7 +35,6 @@ class AdamMomentStats(L.Callback):
     def compute(self, optimizer, views) -> dict:
         by_type: dict[str, tuple[list, list, int, float]] = {}
         for vs in view_states(optimizer, views):
-            v, st = vs.view, vs.state
             m_v, v_v = vs.get("exp_avg"), vs.get("exp_avg_sq")
             if m_v is None or v_v is None:
                 continue
@@ -52,8 +45,7 @@ class AdamMomentStats(L.Callback):
                                    "nothing is logged")
                     self._warned = True
                 return {}
-            step = int(st["step"]) if "step" in st else 0
-            m, s, _, _ = by_type.setdefault(v.ptype, ([], [], step, b1))
+            m, s, _, _ = by_type.setdefault(vs.view.ptype, ([], [], int(vs.step or 0), b1))
             m.append(m_v)
             s.append(v_v)
         out = {}

@@ -1,25 +1,10 @@
-"""Orthogonality of Adam's layer updates (NeurIPS Sec. 4.2, App. C.4; Fig. 10).
-
-:class:`UpdateOrthogonality` computes, every ``every_n_steps`` optimizer steps and for every
-weight-matrix view (both dimensions ≥ ``min_dim``), the Adam update brought back to the
-standard basis and seen as the layer's matrix,
-
-    A = Rᵀ( m̂ / (sqrt(v̂) + ε) ),   m̂ = m / (1 − β1^t),  v̂ = v / (1 − β2^t)
-
-(``t`` the state's step; learning rate and weight decay excluded), and logs the statistics of
-:func:`rotations.probes.update_orthogonality` (definitions there):
-
-* per layer: ``orth_layer/cv/<view>``, ``orth_layer/cv_eig/<view>``,
-  ``orth_layer/svd_entropy/<view>`` (``per_layer=True``);
-* averaged per parameter type: ``orth/cv/<ptype>``, ``orth/cv_eig/<ptype>``,
-  ``orth/svd_entropy/<ptype>``, ``orth/svd_entropy_sq/<ptype>``, and over all matrices
-  ``orth/<metric>/all``.
-
-``Rᵀ`` is applied per rotation unit (a ``global`` unit unrotates all its views together).
-Views without Adam moments (e.g. Muon's hidden matrices, SGD) are skipped. Rank zero only;
-the singular values are computed on the device and one small tensor crosses to the host per
-logging step. The Fig. 10 protocol ("500 steps resumed from a checkpoint") is this callback
-with ``every_n_steps=1`` on a run resumed with ``ckpt_path``.
+"""Orthogonality of Adam's layer updates (NeurIPS Sec. 4.2, App. C.4; Fig. 10): every
+``every_n_steps`` optimizer steps, for every weight-matrix view, the statistics of
+:func:`rotations.probes.update_orthogonality` (docs/CONVENTIONS.md §6) of Adam's direction
+brought back to the standard basis, ``A = Rᵀ(m̂ / (sqrt(v̂) + ε))``: per layer
+(``orth_layer/<metric>/<view>``), averaged per parameter type (``orth/<metric>/<ptype>``) and
+over all matrices (``orth/<metric>/all``). Views without Adam moments are skipped. Fig. 10's
+protocol is this callback with ``every_n_steps=1`` on a run resumed from a checkpoint.
 """
 from __future__ import annotations
 
@@ -27,16 +12,15 @@ import math
 from typing import Optional, Sequence
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from rotations.probes import RotatedSpace, adam_update_views, update_orthogonality_tensor
 
-from ._common import is_global_zero, log_scalars, module_views, optimizers
+from ._common import PeriodicCallback, log_scalars, optimizers, views_for
 
 METRICS = ("cv", "cv_eig", "svd_entropy", "svd_entropy_sq")
 
 
-class UpdateOrthogonality(Callback):
+class UpdateOrthogonality(PeriodicCallback):
     """Log the orthogonality of Adam's per-layer update direction.
 
     Args:
@@ -49,19 +33,17 @@ class UpdateOrthogonality(Callback):
 
     def __init__(self, every_n_steps: int = 100, per_layer: bool = True,
                  types: Optional[Sequence[str]] = None, min_dim: int = 2, prefix: str = "orth"):
-        if every_n_steps < 1:
-            raise ValueError("every_n_steps must be positive")
-        self.every_n_steps, self.per_layer, self.min_dim = every_n_steps, per_layer, min_dim
+        super().__init__(every_n_steps)
+        self.per_layer, self.min_dim = per_layer, min_dim
         self.types = set(types) if types else None
         self.prefix = prefix
-        self._last_step: Optional[int] = None
         self._space: dict = {}
         self.last: dict = {}
 
-    def _space_for(self, opt, pl_module) -> RotatedSpace:
+    def _space_for(self, opt, pl_module) -> tuple[RotatedSpace, Optional[list]]:
         key = id(opt)
         if key not in self._space:
-            views = None if getattr(opt, "plan", None) is not None else module_views(pl_module)
+            views = views_for(opt, pl_module)
             self._space = {key: (RotatedSpace.from_optimizer(opt, views), views)}
         return self._space[key]
 
@@ -108,12 +90,3 @@ class UpdateOrthogonality(Callback):
         self.last = metrics
         log_scalars(trainer, metrics, step)
         return metrics
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not is_global_zero(trainer):
-            return
-        step = int(trainer.global_step)
-        if step <= 0 or step % self.every_n_steps or step == self._last_step:
-            return
-        self._last_step = step
-        self.log_now(trainer, pl_module, step)

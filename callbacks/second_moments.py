@@ -1,41 +1,23 @@
-"""Histograms of Adam's second moment ``v`` in the rotated coordinates (paper Fig. 6).
-
-:class:`SecondMomentHistogram` logs, every ``every_n_steps`` optimizer steps (and at the end
-of training), the distribution of ``log10 v`` (``exp_avg_sq``) over all entries — globally
-(``second_moment/log10_v/all``) and per parameter type (``second_moment/log10_v/<ptype>``)
-— to TensorBoard with ``SummaryWriter.add_histogram_raw``.
-
-* ``v`` is read where the optimizer keeps it: a :class:`~rotations.optimizer.RotatedOptimizer`'s
-  state lives in rotated coordinates (one tensor per view, keyed by its shadow); a plain torch
-  optimizer's state is per parameter and is cut into views with ``view.matrix``. A view's
-  type is the parameter type of its slot (under ``global`` scope the slot of a view holds
-  mixed coordinates: the per-type split is then positional).
-* The histogram is computed on the device with ``torch.histc`` over the fixed range
-  ``log10_range`` with ``bins`` equal bins. **The edge bins are under/overflow bins**: values
-  are clamped into the range first, so ``v = 0`` (log10 = −inf) and anything below the range
-  land in the first bin, anything above in the last, and the counts sum to the number of
-  entries (NaN entries, if any, are left out and counted in ``second_moment/nan``). Only the
-  bin counts and five summary numbers cross to the host.
-* Rank zero only (``trainer.is_global_zero``): other ranks do nothing (every rank holds the
-  same state under DDP).
-* At the end of training a PNG (``second_moments.png`` in the log directory; matplotlib
-  Agg) shows the global distribution at up to six logged steps and the per-type
-  distribution at the last one.
+"""Histograms of Adam's second moment ``v`` in the rotated coordinates the optimizer runs in
+(paper Fig. 6; docs/CONVENTIONS.md §6): ``log10 v`` over all entries and per parameter type, to
+TensorBoard as raw histograms every ``every_n_steps`` optimizer steps and at the end of
+training, computed on the device over a fixed range whose edge bins are under/overflow bins
+(``v = 0`` lands in the first; NaNs are counted in ``second_moment/nan``). Rank zero only; a
+summary PNG at the end. Under ``global`` scope the per-type split is positional.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from rotations.probes import view_states
 
-from ._common import is_global_zero, module_views, optimizers, output_dir, tb_writers
+from ._common import (PeriodicCallback, is_global_zero, optimizers, output_dir, tb_writers,
+                      views_for)
 
 
-class SecondMomentHistogram(Callback):
+class SecondMomentHistogram(PeriodicCallback):
     """Log ``log10`` of Adam's ``exp_avg_sq`` as raw TensorBoard histograms.
 
     Args:
@@ -51,15 +33,15 @@ class SecondMomentHistogram(Callback):
     def __init__(self, every_n_steps: int = 500, bins: int = 120,
                  log10_range: tuple[float, float] = (-24.0, 0.0), per_type: bool = True,
                  moment: str = "exp_avg_sq", tag: str = "second_moment", png: bool = True):
-        if every_n_steps < 1 or bins < 1:
-            raise ValueError("every_n_steps and bins must be positive")
+        super().__init__(every_n_steps, at_end=True)
+        if bins < 1:
+            raise ValueError(f"bins must be positive, got {bins}")
         lo, hi = float(log10_range[0]), float(log10_range[1])
         if not hi > lo:
             raise ValueError(f"log10_range must be increasing, got {log10_range}")
-        self.every_n_steps, self.bins, self.lo, self.hi = every_n_steps, bins, lo, hi
+        self.bins, self.lo, self.hi = bins, lo, hi
         self.per_type, self.moment, self.tag, self.png = per_type, moment, tag, png
         self.history: list[tuple[int, dict]] = []   # (step, {name: counts list}) on the host
-        self._last_step: Optional[int] = None
         self._views_cache: dict = {}
 
     @property
@@ -109,18 +91,16 @@ class SecondMomentHistogram(Callback):
                       "sum_squares": sq, "nan": nn}
         return out
 
-    def _views(self, trainer, pl_module, opt):
-        if getattr(opt, "plan", None) is not None:
-            return None
+    def _views(self, opt, pl_module):
         key = id(opt)
         if key not in self._views_cache:
-            self._views_cache = {key: module_views(pl_module)}
+            self._views_cache = {key: views_for(opt, pl_module)}
         return self._views_cache[key]
 
     def log_now(self, trainer, pl_module, step: int) -> dict:
         result: dict = {}
         for opt in optimizers(trainer):
-            result = self.compute(opt, self._views(trainer, pl_module, opt))
+            result = self.compute(opt, self._views(opt, pl_module))
             if result:
                 break
         if not result:
@@ -139,30 +119,16 @@ class SecondMomentHistogram(Callback):
         self.history.append((step, {n: h["counts"] for n, h in result.items()}))
         return result
 
-    # -- hooks -------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not is_global_zero(trainer):
-            return
-        step = int(trainer.global_step)
-        if step <= 0 or step % self.every_n_steps or step == self._last_step:
-            return
-        self._last_step = step
-        self.log_now(trainer, pl_module, step)
-
     def on_train_end(self, trainer, pl_module):
-        if not is_global_zero(trainer):
+        super().on_train_end(trainer, pl_module)          # the last step, if not logged yet
+        if not (self.png and self.history and is_global_zero(trainer)):
             return
-        step = int(trainer.global_step)
-        if step > 0 and step != self._last_step:
-            self._last_step = step
-            self.log_now(trainer, pl_module, step)
-        if self.png and self.history:
-            d = output_dir(trainer)
-            if d is not None:
-                try:
-                    self.save_png(d / "second_moments.png")
-                except Exception as e:  # noqa: BLE001 - a figure must never kill training
-                    print(f"SecondMomentHistogram: could not write the PNG: {e}")
+        d = output_dir(trainer)
+        if d is not None:
+            try:
+                self.save_png(d / "second_moments.png")
+            except Exception as e:  # noqa: BLE001 - a figure must never kill training
+                print(f"SecondMomentHistogram: could not write the PNG: {e}")
 
     def save_png(self, path) -> None:
         import matplotlib

@@ -175,15 +175,15 @@ def _to_device(batch, device):
 class BatchStream:
     """Deterministic minibatch stream of a data module: batch ``b`` is always the same.
 
-    ``iterate(start, count)`` restarts the loader (restoring a stateful dataset's initial
-    position) and skips ``start`` batches; finite loaders are cycled.
+    ``iterate(start, count)`` asks the data module for a fresh loader (which must start from
+    the same position each time, as a seeded :class:`~datamodules.text.TextDataModule` does)
+    and skips ``start`` batches; finite loaders are cycled.
     """
 
     def __init__(self, datamodule=None, split: str = "train", device="cpu", seed: int = 0,
                  loader_factory: Optional[Callable[[], Any]] = None):
         self.dm, self.split, self.device, self.seed = datamodule, split, device, seed
         self._factory = loader_factory
-        self._state0 = None
         if datamodule is not None and loader_factory is None:
             datamodule.prepare_data()
             datamodule.setup("fit")
@@ -195,15 +195,7 @@ class BatchStream:
             raise ProbeError("the config has no data section")
         loader = (self.dm.train_dataloader() if self.split == "train"
                   else self.dm.val_dataloader())
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0]
-        ds = getattr(loader, "dataset", None)
-        if ds is not None and hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict"):
-            if self._state0 is None:
-                self._state0 = copy.deepcopy(ds.state_dict())
-            else:
-                ds.load_state_dict(copy.deepcopy(self._state0))
-        return loader
+        return loader[0] if isinstance(loader, (list, tuple)) else loader
 
     def iterate(self, start: int, count: int):
         torch.manual_seed(self.seed)

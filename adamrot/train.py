@@ -1,0 +1,354 @@
+"""``adamrot fit|validate|test``: LightningCLI over any LightningModule / LightningDataModule of
+the project, with the run-directory rules of docs/RUNS.md: one directory per run
+(``--trainer.default_root_dir``, never overridden by paths inside a config), one writer at a
+time (``DIR/.run.lock``), resume only as a checked continuation (:mod:`adamrot.resume`),
+``validate``/``test`` results beside the run (``DIR/validate/``, ``DIR/test/``), and bad input
+refused with exit status 2 before anything is written."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from adamrot import resume as rs
+from adamrot.checks import check_optimizer
+from adamrot.cli import EXIT_CONFIG_ERROR, EXIT_NONFINITE, ConfigError, refuse
+from adamrot.runs import DirLock, LockedError
+from callbacks.checkpoint_io import AtomicCheckpointIO, RunState
+from callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from callbacks.preemption import EXIT_PREEMPTED, PeerWatchdog, PreemptionCheckpoint
+from callbacks.rank_check import RankAgreementCheck
+from callbacks.step_seed import StepSeed
+
+RESUME_MODES = ("auto", "never")
+DEFAULT_ROOT = "runs/default"
+LOCK_NAME = ".run.lock"
+#: errors raised by checks inside Lightning's setup (data content, rotation sizes, a corrupt
+#: checkpoint): refused with exit 2 while no optimizer step has been taken
+SETUP_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+                NotADirectoryError)
+#: write failures of the run directory (read-only, full): exit 2 whenever they happen
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def summarize_parse_error(message: str) -> str:
+    """The innermost reason of a jsonargparse error, prefixed with its dotted key."""
+    keys: list[tuple[int, str]] = []
+    best: Optional[tuple[int, str, str]] = None
+    for raw in message.splitlines():
+        indent = len(raw) - len(raw.lstrip())
+        line = raw.strip().lstrip("- ").strip()
+        keys = [(i, k) for i, k in keys if i < indent]
+        m = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
+        if m:
+            keys.append((indent, m.group(1)))
+            line = m.group(2)
+        if not line or line.startswith(("Does not validate", "Subtypes:", "Errors:",
+                                        "Given value", "Problem with given class_path",
+                                        "Expected a <class 'NoneType'>")):
+            continue
+        path = ".".join(k for _, k in keys)
+        if best is None or len(keys) > best[0]:
+            best = (len(keys), path, line)
+    if best is None:
+        return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    return f"{best[1]}: {best[2]}" if best[1] else best[2]
+
+
+class AdamrotParser(LightningArgumentParser):
+    """Config errors: the reason first, in one ``adamrot: error:`` line (no usage dump)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        sub = getattr(ex, "subcommand_parser", None) or self
+        prog = sub.prog.replace(" [options]", "").replace("cli.py", "adamrot")
+        sys.stderr.write(f"adamrot: error: {summarize_parse_error(message)}\n"
+                         f"  (all options: {prog} --help)\n")
+        raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+class RunConfig(SaveConfigCallback):
+    """``fit`` saves the resolved config to ``DIR/config.yaml`` without ``ckpt_path`` (which
+    checkpoint a run resumed from is in ``DIR/resumes.jsonl``), so the file is a template for
+    new runs; ``validate``/``test`` save nothing in the run."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        config = self.config.clone()
+        config["ckpt_path"] = None
+        self.config = config
+        super().setup(trainer, pl_module, stage)
+
+
+def _inside(path: Any, root: Path) -> bool:
+    try:
+        Path(os.path.abspath(str(path))).relative_to(os.path.abspath(root))
+        return True
+    except ValueError:
+        return False
+
+
+def _launcher() -> bool:
+    """Whether this process is the one that owns the run directory (not a DDP child rank)."""
+    return all(os.environ.get(k, "0") == "0"
+               for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _snapshot(root: Path) -> Optional[set[str]]:
+    if not root.exists():
+        return None
+    return {str(p) for p in root.rglob("*")}
+
+
+def _remove_new(root: Path, before: Optional[set[str]]) -> None:
+    """Remove what this command created under ``root`` (it failed before its first step)."""
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if str(p) in before:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+class AdamrotCLI(LightningCLI):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("parser_class", AdamrotParser)
+        kwargs.setdefault("save_config_callback", RunConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        self._resume: Optional[rs.Resume] = None
+        self._run_state: Optional[RunState] = None
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 0,
+            "checkpoint.every_n_train_steps": 1000,
+            "checkpoint.filename": "step{step}",
+            "checkpoint.enable_version_counter": False,   # last.ckpt is always last.ckpt
+        })
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_lightning_class_args(StepSeed, "step_seed")
+        parser.add_lightning_class_args(RankAgreementCheck, "rank_check")
+        parser.add_argument(
+            "--resume", type=str, choices=RESUME_MODES, default="auto",
+            help="fit without --ckpt_path: 'auto' continues from the run's newest checkpoint "
+                 "if there is one; 'never' refuses a directory that already holds a run")
+
+    # -- where the run lives -------------------------------------------------------------------
+    def _sub(self):
+        sub = self.config.get("subcommand")
+        return sub, (self.config[sub] if sub else self.config)
+
+    def run_dir(self) -> Path:
+        _, cfg = self._sub()
+        trainer = cfg.get("trainer") or {}
+        return Path(trainer.get("default_root_dir") or DEFAULT_ROOT)
+
+    def output_dir(self) -> Path:
+        """Where this command writes: the run directory (``fit``) or ``DIR/validate|test``."""
+        sub, _ = self._sub()
+        return self.run_dir() if sub == "fit" else self.run_dir() / sub
+
+    def _dump(self) -> dict:
+        sub, _ = self._sub()
+        dump = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False,
+                                               skip_none=False, format="yaml"))
+        return dump.get(sub, dump) if sub else dump
+
+    # -- resume --------------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        sub, cfg = self._sub()
+        ckpt = cfg.get("ckpt_path")
+        if sub != "fit":
+            if ckpt == "last":
+                found = rs.locate("last", "auto", self.run_dir() / "checkpoints")
+                cfg["ckpt_path"] = found[0]
+            try:
+                return super()._parse_ckpt_path()
+            except Exception as e:  # noqa: BLE001 - Lightning's own load of the hparams
+                refuse(f"--ckpt_path {cfg.get('ckpt_path')!r} cannot be loaded: {e}")
+        ckpt = str(ckpt) if ckpt else None
+        if ckpt and (ckpt in rs.PASSTHROUGH or ckpt.startswith("registry") or "://" in ckpt):
+            return
+        found = rs.locate(ckpt, cfg.get("resume", "auto"), self.run_dir() / "checkpoints")
+        if found is None:
+            return
+        path, how = found
+        dump = self._dump()
+        self._resume = rs.compare(path, how, rs.load(path, how), dump.get("model") or {},
+                                  dump.get("data") or {})
+        rank_zero_info(f"adamrot: resuming from {path} at step {self._resume.step} ({how})")
+        if self._resume.data_changes:
+            what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in self._resume.data_changes)
+            rank_zero_warn(f"resuming from {path} with other data settings ({what}): the data "
+                           "stream is not the continuation of the checkpointed run")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "fit":
+            kwargs["ckpt_path"] = self._resume.path if self._resume else None
+        return kwargs
+
+    # -- instantiation -------------------------------------------------------------------------
+    def before_instantiate_classes(self):
+        sub, cfg = self._sub()
+        trainer = cfg.get("trainer")
+        if trainer is None:
+            return
+        root, out = self.run_dir(), self.output_dir()
+        trainer["default_root_dir"] = str(root)
+        loggers = trainer.get("logger")
+        for lg in loggers if isinstance(loggers, list) else [loggers]:
+            args = lg.get("init_args") if hasattr(lg, "get") else None
+            if args is not None and args.get("save_dir") is not None \
+                    and not _inside(args["save_dir"], out):
+                rank_zero_warn(f"trainer.logger save_dir {args['save_dir']} is not in this "
+                               f"run's directory: writing to {out} instead")
+                args["save_dir"] = str(out)
+        ck = cfg.get("checkpoint")
+        if ck is not None and ck.get("dirpath") and not _inside(ck["dirpath"], root):
+            rank_zero_warn(f"checkpoint.dirpath {ck['dirpath']} is not in this run's directory: "
+                           f"writing checkpoints to {root / 'checkpoints'} instead")
+            ck["dirpath"] = None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except SETUP_ERRORS as e:
+            raise ConfigError(str(e)) from e
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with this run's logger, :class:`AtomicCheckpointIO` unless another
+        CheckpointIO is configured, and the run-state callbacks."""
+        sub, _ = self._sub()
+        config = {**(self._get(self.config_init, "trainer", default={}) or {}), **kwargs}
+        if config.get("logger") in (None, True):
+            config["logger"] = TensorBoardLogger(save_dir=str(self.output_dir()), name="",
+                                                 version="")
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) \
+            else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        dump = self._dump()
+        self._run_state = RunState({"model": dump.get("model"), "data": dump.get("data")})
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        extra += [self._run_state, PeerWatchdog()]
+        if sub == "fit" and self._resume is not None:
+            extra.append(rs.ResumeRecord(self._resume, str(self.run_dir())))
+        return self._instantiate_trainer(config, extra)
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":
+            return
+        try:
+            name = self._get(self.config, "model").init_args.optimizer.class_path
+        except AttributeError:
+            name = None
+        try:
+            check_optimizer(self.model, name)
+            if self._resume is not None:
+                self._check_checkpoint_shapes()
+                build = getattr(self.model, "build_optimizer", None)
+                if callable(build):
+                    rs.check_optimizer_state(self._resume, build())
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if self._resume is not None:
+            self._resume.checkpoint = {}          # release the memory map
+
+    def _check_checkpoint_shapes(self) -> None:
+        theirs = self._resume.checkpoint.get("state_dict") or {}
+        mine = self.model.state_dict()
+        wrong = [f"{k}: checkpoint {tuple(theirs[k].shape)}, model {tuple(v.shape)}"
+                 for k, v in mine.items()
+                 if k in theirs and hasattr(theirs[k], "shape") and theirs[k].shape != v.shape]
+        missing = [k for k in mine if k not in theirs]
+        parts = []
+        for label, items in (("shapes differ: ", wrong), ("missing from the checkpoint: ", missing)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(label + "; ".join(items[:5]) + more)
+        if parts:
+            raise ValueError(f"checkpoint {self._resume.path} ({self._resume.found_by}): the "
+                             f"model does not match it ({'; '.join(parts)})")
+
+    # -- running -------------------------------------------------------------------------------
+    def _run_subcommand(self, subcommand: str) -> None:
+        out = self.output_dir()
+        before = _snapshot(out)
+        lock = DirLock(out, LOCK_NAME, what="adamrot fit") \
+            if subcommand == "fit" and _launcher() else None
+        try:
+            if lock is not None:
+                lock.acquire()
+        except LockedError as e:
+            raise ConfigError(str(e)) from e
+        except OSError as e:
+            raise ConfigError(f"cannot write to the run directory {out}: {e.strerror or e}") from e
+        failed_before_training = False
+        try:
+            super()._run_subcommand(subcommand)
+        except SETUP_ERRORS as e:
+            stepped = self._run_state is not None and self._run_state.stepped
+            if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+                failed_before_training = not stepped
+                raise ConfigError(f"cannot write {e.filename or out}: {e.strerror}"
+                                  + ("; the last checkpoint is intact" if stepped else "")) from e
+            if stepped:
+                raise
+            failed_before_training = True
+            raise ConfigError(str(e)) from e
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            stepped = self._run_state is not None and self._run_state.stepped
+            failed_before_training = not stepped
+            raise ConfigError(f"cannot write {e.filename or out}: {e.strerror}"
+                              + ("; the last checkpoint is intact" if stepped else "")) from e
+        finally:
+            if lock is not None:
+                lock.release()
+            if failed_before_training and _launcher():
+                _remove_new(out, before)
+
+
+def run(args: list[str]) -> int:
+    """Run ``adamrot fit|validate|test ARGS``; returns the exit status (SystemExit(2) for
+    refused input)."""
+    try:
+        AdamrotCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                   subclass_mode_data=True, args=args, auto_configure_optimizers=False)
+    except ConfigError as e:
+        refuse(str(e))
+    except SIGTERMException:
+        sys.stderr.write("adamrot: stopped by SIGTERM; run the same command to resume from "
+                         "last.ckpt\n")
+        return EXIT_PREEMPTED
+    except NonFiniteError as e:
+        sys.stderr.write(f"adamrot: error: {e}\n")
+        return EXIT_NONFINITE
+    return 0

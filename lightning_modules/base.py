@@ -29,6 +29,22 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 MUON_TYPES = {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "linear", "conv"}
 
 
+#: dense bf16 peak FLOP/s of GPUs Lightning's table lacks or lists with sparsity
+DENSE_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_bf16_flops(device: torch.device) -> Optional[float]:
+    """Dense bf16 peak FLOP/s of a CUDA device (None elsewhere or when unknown), for MFU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    known = next((v for k, v in DENSE_BF16_FLOPS.items() if k in name), None)
+    if known:
+        return known
+    from lightning.fabric.utilities.throughput import get_available_flops
+    return get_available_flops(device, torch.bfloat16)
+
+
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     """nanoGPT's schedule as a multiplier of the peak LR: linear warm-up over ``warmup``
     steps, cosine from 1 to ``floor`` until ``total``, then ``floor``."""
@@ -219,9 +235,8 @@ class RotatableModule(L.LightningModule):
                    "train/samples_per_s": self._samples_since / dt}
         fps = self.flops_per_sample()
         peak = self.peak_flops
-        if peak is None and self.device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-            peak = get_available_flops(self.device, torch.bfloat16)
+        if peak is None:
+            peak = peak_bf16_flops(self.device)
             if peak:
                 peak *= self.trainer.world_size
         if fps and peak:

@@ -8,17 +8,6 @@ from lightning_modules.gpt_model import GPT, GPTConfig, SwiGLUMLP, nanogpt_param
 from rotations.layout import PARAM_TYPES, check_layout, model_layout
 
 
-def tiny(**kw):
-    cfg = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    cfg.update(kw)
-    return GPTConfig(**cfg)
-
-
-def build(seed=0, dtype=torch.float32, **kw):
-    torch.manual_seed(seed)
-    return GPT(tiny(**kw)).to(dtype)
-
-
 VARIANTS = [dict(variant="gpt2"), dict(variant="llama")]
 
 
@@ -64,13 +53,13 @@ def test_llama_160m_on_meta():
     assert not any("cos" in k or "sin" in k for k in m.state_dict())
 
 
-def test_meta_then_to_empty_and_reset():
+def test_meta_then_to_empty_and_reset(tiny_gpt_config):
     with torch.device("meta"):
-        m = GPT(tiny(variant="llama"))
+        m = GPT(tiny_gpt_config(variant="llama"))
     m = m.to_empty(device="cpu")
     m.reset_parameters()
     torch.manual_seed(0)
-    ref = GPT(tiny(variant="llama"))
+    ref = GPT(tiny_gpt_config(variant="llama"))
     assert torch.equal(m.rotary.cos, ref.rotary.cos) and torch.equal(m.rotary.sin, ref.rotary.sin)
     logits, loss = m(torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8)))
     assert torch.isfinite(loss)
@@ -93,8 +82,8 @@ def test_config_validation(kw, match):
 
 # -- forward ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_forward_shapes_and_initial_loss(kw):
-    m = build(**kw)
+def test_forward_shapes_and_initial_loss(kw, tiny_gpt):
+    m = tiny_gpt(**kw)
     idx = torch.randint(0, 97, (3, 16))
     logits, loss = m(idx)
     assert logits.shape == (3, 16, 97) and loss is None
@@ -111,7 +100,7 @@ def test_forward_shapes_and_initial_loss(kw):
         m(torch.zeros(1, 17, dtype=torch.long))
 
 
-def test_init_statistics():
+def test_init_statistics(tiny_gpt_config):
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=4, n_head=4, n_embd=256))
     blk = m.transformer.h[0]
@@ -121,15 +110,15 @@ def test_init_statistics():
     assert abs(blk.attn.c_proj.weight.std().item() - resid) < 5e-4
     assert abs(blk.mlp.c_proj.weight.std().item() - resid) < 5e-4
     assert torch.all(blk.ln_1.weight == 1) and blk.ln_1.bias is None
-    mb = GPT(tiny(bias=True))
+    mb = GPT(tiny_gpt_config(bias=True))
     assert all(torch.all(b.bias == 0) for b in [mb.transformer.h[0].attn.c_attn,
                                                 mb.transformer.h[0].mlp.c_fc,
                                                 mb.transformer.h[0].ln_1])
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_causality(kw):
-    m = build(**kw).eval()
+def test_causality(kw, tiny_gpt):
+    m = tiny_gpt(**kw).eval()
     idx = torch.randint(0, 97, (2, 16))
     idx2 = idx.clone()
     idx2[:, 10] = (idx2[:, 10] + 1) % 97
@@ -140,9 +129,9 @@ def test_causality(kw):
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_math_and_flash_agree(kw):
-    m_math = build(attention="math", **kw)
-    m_flash = build(attention="flash", **kw)
+def test_math_and_flash_agree(kw, tiny_gpt):
+    m_math = tiny_gpt(attention="math", **kw)
+    m_flash = tiny_gpt(attention="flash", **kw)
     m_flash.load_state_dict(m_math.state_dict())
     idx = torch.randint(0, 97, (2, 16))
     a, la = m_math(idx, idx)
@@ -155,9 +144,9 @@ def test_math_and_flash_agree(kw):
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
-def test_hvp_double_backward_math(kw):
+def test_hvp_double_backward_math(kw, tiny_gpt):
     """HVP by double backward through math attention equals a finite difference of grads."""
-    m = build(dtype=torch.float64, attention="math", **kw)
+    m = tiny_gpt(dtype=torch.float64, attention="math", **kw)
     params = list(m.parameters())
     idx = torch.randint(0, 97, (2, 12))
     tgt = torch.randint(0, 97, (2, 12))
@@ -188,13 +177,13 @@ def test_hvp_double_backward_math(kw):
     assert (num / den).item() < 1e-6
 
 
-def test_tied_weights_share_storage():
-    m = build()
+def test_tied_weights_share_storage(tiny_gpt):
+    m = tiny_gpt()
     assert m.lm_head.weight is m.transformer.wte.weight
     assert m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr()
     names = [n for n, _ in m.named_parameters()]
     assert "transformer.wte.weight" in names and "lm_head.weight" not in names
-    u = build(tie_embeddings=False)
+    u = tiny_gpt(tie_embeddings=False)
     assert u.lm_head.weight is not u.transformer.wte.weight
 
 
@@ -202,8 +191,8 @@ def test_tied_weights_share_storage():
 @pytest.mark.parametrize("kw", [dict(), dict(bias=True), dict(tie_embeddings=False),
                                 dict(variant="llama"), dict(variant="llama", bias=True,
                                                             tie_embeddings=False)])
-def test_layout_covers_every_parameter_once(kw):
-    m = build(**kw)
+def test_layout_covers_every_parameter_once(kw, tiny_gpt):
+    m = tiny_gpt(**kw)
     views = m.rotation_layout()
     check_layout(m.parameters(), views)
     assert model_layout(m) is not None
@@ -215,8 +204,8 @@ def test_layout_covers_every_parameter_once(kw):
     assert len({v.name for v in views}) == len(views)
 
 
-def test_layout_types_and_shapes():
-    m = build()
+def test_layout_types_and_shapes(tiny_gpt):
+    m = tiny_gpt()
     C, V, T, L = 32, 97, 16, 2
     views = {v.name: v for v in m.rotation_layout()}
     for i in range(L):
@@ -245,8 +234,8 @@ def test_layout_types_and_shapes():
     assert emb[0].param is m.lm_head.weight
 
 
-def test_layout_untied_and_bias():
-    m = build(tie_embeddings=False, bias=True)
+def test_layout_untied_and_bias(tiny_gpt):
+    m = tiny_gpt(tie_embeddings=False, bias=True)
     C, V = 32, 97
     views = {v.name: v for v in m.rotation_layout()}
     wte, head = views["transformer.wte.weight"], views["lm_head.weight"]
@@ -259,8 +248,8 @@ def test_layout_untied_and_bias():
     assert views["transformer.h.0.mlp.c_fc.bias"].meta["of"] == "mlp_in"
 
 
-def test_layout_llama():
-    m = build(variant="llama")
+def test_layout_llama(tiny_gpt):
+    m = tiny_gpt(variant="llama")
     views = {v.name: v for v in m.rotation_layout()}
     assert views["transformer.h.0.mlp.c_fc2.weight"].ptype == "mlp_in"
     assert views["transformer.h.1.ln_2.weight"].ptype == "layernorm"
@@ -270,8 +259,8 @@ def test_layout_llama():
 # -- optimizer groups ---------------------------------------------------------------------
 @pytest.mark.parametrize("kw", [dict(), dict(bias=True, tie_embeddings=False),
                                 dict(variant="llama")])
-def test_param_groups(kw):
-    m = build(**kw)
+def test_param_groups(kw, tiny_gpt):
+    m = tiny_gpt(**kw)
     groups = nanogpt_param_groups(m.named_parameters(), 0.1)
     assert [set(g) for g in groups] == [{"params", "weight_decay"}] * 2
     decay, no_decay = groups
@@ -286,3 +275,18 @@ def test_param_groups(kw):
     n_emb = (1 if m.tied else 2) + (1 if "wpe" in m.transformer else 0)
     assert len(decay["params"]) == L * n_mats + n_emb
     torch.optim.AdamW(groups, lr=1e-3)   # accepted by torch optimizers
+
+
+# -- GELU ---------------------------------------------------------------------------------
+def test_gelu_exact_is_nanogpts_and_tanh_is_gpt2s(tiny_gpt):
+    exact, approx = tiny_gpt(gelu="exact"), tiny_gpt(gelu="tanh")
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(exact.transformer.h[0].mlp.gelu(x), torch.nn.GELU()(x))
+    torch.testing.assert_close(approx.transformer.h[0].mlp.gelu(x),
+                               torch.nn.GELU(approximate="tanh")(x))
+    idx = torch.randint(0, 97, (2, 16))
+    a, b = exact(idx)[0], approx(idx)[0]          # same weights (same seed), other GELU
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="gelu"):
+        GPTConfig(gelu="erf")

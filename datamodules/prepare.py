@@ -228,10 +228,13 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
     remote = "://" in out and not out.startswith("file://")
     local = Path(tempfile.mkdtemp(prefix="adamrot-prepare-")) if remote else Path(out)
     with _locked(local):
-        with contextlib.suppress(PreparedError):
+        try:
             manifest = read_manifest(out)
-            if manifest.get("key") == key:
-                return out, manifest
+        except PreparedError:
+            manifest = None                     # absent or unfinished: (re)do it
+        if manifest is not None and manifest.get("key") == key:
+            return out, manifest
+        if manifest is not None:
             raise PreparedError(f"{out}: holds another prepared corpus ({manifest.get('corpus')}"
                                 f", tokenizer {manifest.get('tokenizer')}); choose another "
                                 "output directory or delete it")
@@ -251,9 +254,10 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
         stats = _run_parts(jobs, progress, None)
         totals = {k: sum(s[k] for s in stats) for k in stats[0]}
         if totals["val_tokens"] == 0 or totals["train_tokens"] == 0:
-            raise C.DataError(f"{corpus.label}: no {'validation' if totals['train_tokens'] else 'training'}"
-                              f" documents (val_fraction={val_fraction}); raise or lower it, or "
-                              "use a larger corpus")
+            empty = "validation" if totals["train_tokens"] else "training"
+            raise C.DataError(f"{corpus.label}: no {empty} documents (val_fraction="
+                              f"{val_fraction}); {'raise' if empty == 'validation' else 'lower'}"
+                              " it, or use a larger corpus")
         from litdata import TokensLoader
         from litdata.streaming.writer import BinaryWriter
         for split in ("train", "val"):

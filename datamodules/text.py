@@ -20,6 +20,7 @@ from typing import Iterator, Literal
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -181,13 +182,20 @@ class TextDataModule(L.LightningDataModule):
         self.val_windows: torch.Tensor | None = None    # (N, block_size + 1), all ranks
         self._loader: TrainLoader | None = None
         self._train_batches = 0
+        if self.corpus is not None and source != "hub":
+            self.prepare_data()     # small corpora: bad content is refused at instantiation
 
     # -- preparation -------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Prepare the corpus into the cache unless done (local rank 0; others wait)."""
+        """Prepare the corpus into the cache unless done (a no-op when it is). Embedded and
+        local corpora are prepared at instantiation; a hub corpus here (local rank 0; the
+        others wait), slowly: ``adamrot prepare hub --workers N`` first is faster."""
         if self.path is None:
             hp = self.hparams
+            if hp.source == "hub":
+                rank_zero_warn(f"preparing {self.corpus.label} in one process; for a large "
+                               "corpus run `adamrot prepare hub --workers N` first")
             self.path, self.manifest = prepare_text(
                 self.corpus, hp.tokenizer or "bytes", hp.tiktoken_ranks_file,
                 cache_dir=hp.cache_dir, val_fraction=hp.val_fraction)
@@ -215,7 +223,8 @@ class TextDataModule(L.LightningDataModule):
         self.setup()
         dataset = StreamingDataset(f"{self.path}/train",
                                    item_loader=TokensLoader(self.block_size + 1), shuffle=True,
-                                   seed=self.hparams.seed, drop_last=True)
+                                   seed=self.hparams.seed, drop_last=True,
+                                   item_shuffle_window="full")   # not blocks of 256 windows
         workers = self.hparams.num_workers
         self._loader = TrainLoader(dataset, batch_size=self.batch_size, num_workers=workers,
                                    collate_fn=collate_windows,

@@ -1,37 +1,49 @@
-"""Text data pipeline: tokenizers, packing, sharding, validation split, sources, DataModule.
+"""Text data: tokenizers, corpus sources and their errors, ``adamrot prepare`` (idempotent,
+interrupted, refused directories, hub path on local parquet), shuffled windows (diversity),
+exact resume of the training loader, and the train/validation split.
 
 Everything runs on CPU from files written here or the interpreter's own standard library;
-nothing is downloaded.
+nothing is downloaded. Prepared data goes to a temporary ``ADAMROT_CACHE``.
 """
 import base64
 import json
-import math
 import random
+import re
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datamodules.text import (
-    PackedTrainDataset,
-    ShuffledDocuments,
-    StreamedDocuments,
-    TextDataModule,
-    TokenizedDocuments,
-    WindowPacker,
+from adamrot.prepare import main as prepare_main
+from datamodules import text as text_module
+from datamodules.corpus import (
+    DataError,
     cap_bytes,
     corpus_hash,
-    holdout_score,
+    hub_builder,
     hub_texts,
     read_embedded,
     read_local,
     split_heldout,
 )
+from datamodules.prepare import (
+    MANIFEST,
+    PreparedError,
+    TextCorpus,
+    prepare_text,
+    read_manifest,
+)
+from datamodules.text import TextDataModule
 from datamodules.tokenizers import EOT_TEXT, ByteTokenizer, build_tokenizer
 
 BYTES = ByteTokenizer()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMROT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def random_text(rng: random.Random, n: int, surrogates: bool = True) -> str:
@@ -44,16 +56,24 @@ def random_text(rng: random.Random, n: int, surrogates: bool = True) -> str:
     return "".join(out)
 
 
-def shard_stream(documents, epochs, shard, num_shards, eot):
-    """Hand-built token stream of one shard: its documents of each epoch, each plus EOT."""
-    parts = [np.append(tokens, eot)
-             for epoch in range(epochs)
-             for _, _, tokens in documents.shard_epoch(epoch, shard, num_shards)]
-    return np.concatenate(parts)
+def tagged_corpus(path, n=300, lo=2000, hi=8000, seed=0):
+    """``n`` jsonl documents of ``lo..hi`` bytes; document ``i`` is ``|iii|`` repeated."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": (f"|{i:03d}" * hi)[:rng.randrange(lo, hi)]}) + "\n")
+    return path
 
 
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
+def owner(window: torch.Tensor) -> int:
+    """The document covering most of a window of a :func:`tagged_corpus` (EOT = 256)."""
+    segments = bytes(t if t < 256 else ord("#") for t in window.tolist()).split(b"#")
+    return int(re.search(rb"\|(\d{3})", max(segments, key=len)).group(1))
+
+
+def batches(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
 
 
 # ---- tokenizers ----------------------------------------------------------------------
@@ -99,177 +119,17 @@ def test_build_tokenizer_errors(tmp_path):
         build_tokenizer("gpt2", ranks_file=missing)
 
 
-# ---- packing and sharding ------------------------------------------------------------
-
-def test_window_packer_cuts_contiguous_slices():
-    rng = np.random.default_rng(0)
-    stream = rng.integers(0, 257, size=5000)
-    cuts = np.sort(rng.choice(np.arange(1, len(stream)), size=300, replace=False))
-    pieces = np.split(stream, cuts)
-    window, packer, got = 33, WindowPacker(33), []
-    start = 0  # stream position of the current piece
-    for piece in pieces:
-        for w, used in packer.feed(piece):
-            assert start + used == (len(got) + 1) * window  # where this window ends
-            got.append(w.copy())
-        start += len(piece)
-    assert len(got) == len(stream) // window
-    for k, w in enumerate(got):
-        np.testing.assert_array_equal(w, stream[k * window:(k + 1) * window])
-
-
-def make_documents(texts, seed=0, val_fraction=0.1, min_tokens=1):
-    docs = TokenizedDocuments.from_texts(texts, BYTES)
-    train_ids, val_ids = split_heldout(docs.lengths(), val_fraction, min_tokens)
-    return docs, ShuffledDocuments(docs, train_ids, seed), val_ids
-
-
-def test_training_windows_are_slices_of_the_shard_stream():
-    rng = random.Random(2)
-    texts = [random_text(rng, rng.randrange(1, 120), surrogates=False) for _ in range(40)]
-    _, train, _ = make_documents(texts)
-    block = 24
-    ds = PackedTrainDataset(train, block_size=block, eot_token=BYTES.eot_token)
-    stream = shard_stream(train, epochs=3, shard=1, num_shards=2, eot=BYTES.eot_token)
-    n = len(stream) // (block + 1)  # reaches into epoch 3's stream: epochs are contiguous
-    windows = take(ds.iter_windows(rank=0, world_size=1, worker_id=1, num_workers=2), n)
-    for k, w in enumerate(windows):
-        assert w.dtype == torch.int64 and w.shape == (block + 1,)
-        np.testing.assert_array_equal(w.numpy(), stream[k * (block + 1):(k + 1) * (block + 1)])
-
-
-def test_ranks_and_workers_partition_the_training_stream():
-    block, world, workers = 15, 2, 2
-    # Every document is exactly one window (block bytes + EOT), so windows <-> documents.
-    texts = [f"doc{i:04d}".ljust(block, "abcdefgh"[i % 8]) for i in range(103)]
-    _, train, val_ids = make_documents(texts, seed=3, val_fraction=0.1)
-    ds = PackedTrainDataset(train, block_size=block, eot_token=BYTES.eot_token)
-    num_shards = world * workers
-    seen = []
-    for rank in range(world):
-        for worker in range(workers):
-            shard = rank * workers + worker
-            count = len(range(shard, train.num_documents, num_shards))
-            it = ds.iter_windows(rank=rank, world_size=world, worker_id=worker, num_workers=workers)
-            windows = take(it, count)
-            assert all(w[-1] == BYTES.eot_token for w in windows)
-            seen += [BYTES.decode(w[:-1].tolist()) for w in windows]
-    assert len(seen) == len(set(seen))  # no overlap
-    assert sorted(seen) == sorted(texts[j] for j in train.train_ids)  # nothing lost
-    assert not set(seen) & {texts[j] for j in val_ids}
-
-    # The same holds at the document level for any shard count and epoch.
-    for num_shards in (1, 3, 4, 7):
-        for epoch in (0, 1):
-            ids = [j for s in range(num_shards)
-                   for _, j, _ in train.shard_epoch(epoch, s, num_shards)]
-            assert sorted(ids) == train.train_ids.tolist()
-    order0 = [j for _, j, _ in train.shard_epoch(0, 0, 1)]
-    assert order0 != [j for _, j, _ in train.shard_epoch(1, 0, 1)]  # reshuffled per epoch
-    assert order0 == [j for _, j, _ in ShuffledDocuments(train.documents, train.train_ids,
-                                                         seed=3).shard_epoch(0, 0, 1)]
-
-
-def test_training_position_state_resumes_exactly():
-    rng = random.Random(4)
-    texts = [random_text(rng, rng.randrange(1, 80), surrogates=False) for _ in range(30)]
-    _, train, _ = make_documents(texts)
-    shard = dict(rank=1, world_size=2, worker_id=0, num_workers=1)
-    stop = len(shard_stream(train, 1, 1, 2, BYTES.eot_token)) // 17 + 3  # into epoch 1
-    reference = take(PackedTrainDataset(train, 16, 256).iter_windows(**shard), stop + 20)
-    first = PackedTrainDataset(train, 16, 256)
-    take(first.iter_windows(**shard), stop)
-    state = first.state_dict()
-    assert state["positions"]["1/2"]["epoch"] == 1
-    resumed = PackedTrainDataset(train, 16, 256)
-    resumed.load_state_dict(state)
-    for a, b in zip(take(resumed.iter_windows(**shard), 20), reference[stop:]):
-        assert torch.equal(a, b)
-
-
-# ---- validation split ----------------------------------------------------------------
-
-def test_validation_never_overlaps_training(tmp_path):
-    rng = random.Random(5)
-    rows = [{"text": f"<{i:03d}>" + random_text(rng, rng.randrange(20, 300), surrogates=False)}
-            for i in range(120)]
-    path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    block = 32
-    dm = TextDataModule(source="local", paths=[str(path)], block_size=block, val_fraction=0.15,
-                        val_max_tokens=None)
-    info = dm.describe()
-    assert info["val_documents"] > 1 and info["train_documents"] + info["val_documents"] == 120
-
-    train = dm.train_documents
-    ds = PackedTrainDataset(train, block, dm.eot_token, rank=0, world_size=1)
-    train_windows = take(iter(ds), info["train_tokens"] // (block + 1))  # one epoch
-    val_windows = list(dm.val_windows)
-    assert len(val_windows) == info["val_windows"] > 0
-    assert not {tuple(w.tolist()) for w in train_windows} & {tuple(w.tolist()) for w in val_windows}
-
-    def markers(windows):
-        text = BYTES.decode(torch.cat(windows).tolist())
-        return {text[m + 1:m + 4] for m in range(len(text) - 4)
-                if text[m] == "<" and text[m + 4] == ">" and text[m + 1:m + 4].isdigit()}
-
-    train_markers, val_markers = markers(train_windows), markers(val_windows)
-    assert len(val_markers) > 1 and not train_markers & val_markers
-    val_ids = sorted(set(range(120)) - set(train.train_ids.tolist()))
-    assert val_markers <= {f"{j:03d}" for j in val_ids}
-
-
-def test_split_heldout_is_deterministic_and_sized():
-    rng = np.random.default_rng(6)
-    lengths = rng.integers(10, 1000, size=500)
-    train, val = split_heldout(lengths, 0.05, min_tokens=100)
-    again = split_heldout(lengths, 0.05, min_tokens=100)
-    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
-    assert not set(train) & set(val) and len(train) + len(val) == 500
-    assert 0.05 <= lengths[val].sum() / lengths.sum() <= 0.1
-    # A corpus of few large documents still gets at least one window held out.
-    train, val = split_heldout(np.array([5000, 7000, 30, 6000]), 0.01, min_tokens=257)
-    assert len(val) >= 1 and np.array([5000, 7000, 30, 6000])[val].sum() >= 257
-
-
-# ---- sources -------------------------------------------------------------------------
+# ---- sources and bad content ---------------------------------------------------------
 
 def write_parquet_parts(directory, n_files=2, rows=40):
+    """Files with OpenWebText's parquet schema (one ``text`` column)."""
     texts = []
     for f in range(n_files):
         part = [f"part {f} row {r}: " + "lorem ipsum " * (r % 7 + 1) for r in range(rows)]
         part[3] = ""  # empty documents are dropped
-        pq.write_table(pa.table({"text": part, "id": list(range(rows))}),
-                       directory / f"train-{f:05d}.parquet")
+        pq.write_table(pa.table({"text": part}), directory / f"train-{f:05d}-of-{n_files:05d}.parquet")
         texts += [t for t in part if t]
     return texts
-
-
-def test_hub_reader_on_local_parquet(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # any hub access would fail
-    texts = write_parquet_parts(tmp_path)
-    pattern = str(tmp_path / "*.parquet")
-    assert list(hub_texts("Skylion007/openwebtext", data_files=pattern, split="train",
-                          text_column="text")) == texts
-    with pytest.raises(ValueError, match="no column 'body'"):
-        next(hub_texts("Skylion007/openwebtext", data_files=pattern, text_column="body"))
-
-    # Streamed through the DataModule: held-out documents never reach the shards.
-    dm = TextDataModule(source="hub", hub_data_files=pattern, block_size=16, val_fraction=0.1)
-    info = dm.describe()
-    assert info["corpus_hash"] is None and info["val_windows"] > 0
-    assert isinstance(dm.train_documents, StreamedDocuments)
-    ids = [j for s in range(3) for _, j, _ in dm.train_documents.shard_epoch(0, s, 3)]
-    assert sorted(ids) == [j for j in range(len(texts)) if holdout_score(j) >= 0.1]
-    ds = PackedTrainDataset(dm.train_documents, 16, dm.eot_token)
-    windows = take(ds.iter_windows(rank=1, world_size=2, worker_id=0, num_workers=1), 5)
-    assert all(w.shape == (17,) for w in windows)
-
-    # With max_bytes the head of the stream is read into memory instead.
-    capped = TextDataModule(source="hub", hub_data_files=pattern, block_size=16, max_bytes=2000)
-    assert capped.describe()["corpus_hash"] == corpus_hash(cap_bytes(texts, 2000))
 
 
 def test_local_source_formats_and_errors(tmp_path):
@@ -281,30 +141,58 @@ def test_local_source_formats_and_errors(tmp_path):
     sub = tmp_path / "pq"
     sub.mkdir()
     parquet_texts = write_parquet_parts(sub, n_files=1, rows=5)
-
     docs = read_local([str(tmp_path / "*.txt"), str(tmp_path / "c.jsonl"), str(sub)])
     assert docs == ["first text file\nline two\n", "second text file", "json one", "json two",
                     *parquet_texts]
     assert read_local([str(tmp_path / "**" / "*.parquet")]) == parquet_texts
     assert read_local([str(tmp_path / "*.txt")], max_bytes=20) == ["first text file\nline"]
-
-    missing = str(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        read_local([missing])
+        read_local([str(tmp_path / "nope.jsonl")])
     with pytest.raises(FileNotFoundError, match=r"\*\.csv"):
         read_local([str(tmp_path / "*.csv")])
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ValueError, match="empty.txt.*is empty"):
-        read_local([str(tmp_path / "empty.txt")])
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"body": "x"}))
-    with pytest.raises(ValueError, match="bad.jsonl.*line 1.*'text'"):
-        read_local([str(tmp_path / "bad.jsonl")])
-    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match="could not read local file.*latin1.txt"):
-        read_local([str(tmp_path / "latin1.txt")])
     (tmp_path / "x.csv").write_text("text\nhello\n")
-    with pytest.raises(ValueError, match="x.csv.*unsupported"):
+    with pytest.raises(DataError, match="x.csv: unsupported"):
         read_local([str(tmp_path / "x.csv")])
+
+
+def bad_files(tmp_path) -> dict:
+    """One file per kind of bad content -> the start of the expected message."""
+    good = json.dumps({"text": "fine " * 20})
+    cases = {}
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("café au lait".encode("latin-1"))
+    cases[p] = f"{p}: not valid UTF-8 text (byte 3"
+    p = tmp_path / "nofield.jsonl"
+    p.write_text(good + "\n" + json.dumps({"body": "x"}) + "\n")
+    cases[p] = f"{p} line 2: expected a JSON object with field 'text'"
+    p = tmp_path / "malformed.jsonl"
+    p.write_text((good + "\n") * 1001 + '{"text": "unterminated\n' + good + "\n")
+    cases[p] = f"{p} line 1002: malformed JSON"
+    p = tmp_path / "badline.jsonl"
+    p.write_bytes(good.encode() + b"\n" + b'{"text": "\xff"}\n')
+    cases[p] = f"{p} line 2: not valid UTF-8"
+    p = tmp_path / "column.parquet"
+    pq.write_table(pa.table({"content": ["a", "b"]}), p)
+    cases[p] = f"{p}: parquet file has no column 'text'"
+    p = tmp_path / "single.txt"
+    p.write_text("one document only " * 50)
+    cases[p] = f"{p}: holds 1 non-empty document(s)"
+    p = tmp_path / "empty.txt"
+    p.write_text("")
+    cases[p] = f"{p}: local file is empty"
+    return cases
+
+
+def test_bad_content_is_refused_naming_file_and_line(tmp_path, capsys):
+    for path, message in bad_files(tmp_path).items():
+        with pytest.raises(ValueError) as e:              # at instantiation: before training
+            TextDataModule(source="local", paths=[str(path)], block_size=16)
+        assert str(e.value).startswith(message), (str(e.value), message)
+        assert prepare_main(["local", str(path), "--out", str(tmp_path / "out" / path.stem),
+                             "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"adamrot: error: {message}"), err
+        assert not (tmp_path / "out" / path.stem / MANIFEST).exists()
 
 
 def test_embedded_corpus_is_deterministic_and_capped():
@@ -312,38 +200,209 @@ def test_embedded_corpus_is_deterministic_and_capped():
     assert texts == read_embedded(max_bytes=200_000) and all(texts)
     assert 190_000 <= sum(len(t.encode()) for t in texts) <= 200_000
     a = TextDataModule(max_bytes=200_000).describe()
-    b = TextDataModule(max_bytes=200_000).describe()
-    assert a["corpus_hash"] == b["corpus_hash"] == corpus_hash(texts)
-    assert a["train_tokens"] + a["val_tokens"] > 0 and a["documents"] == len(texts)
-    assert TextDataModule(max_bytes=100_000).describe()["corpus_hash"] != a["corpus_hash"]
+    assert a["corpus_hash"] == corpus_hash(texts) and a["documents"] == len(texts)
+    assert TextDataModule(max_bytes=100_000).describe()["prepared"] != a["prepared"]
 
 
-# ---- DataModule ----------------------------------------------------------------------
+def test_split_heldout_is_deterministic_and_sized():
+    rng = random.Random(6)
+    texts = [random_text(rng, rng.randrange(10, 1000), surrogates=False) for _ in range(500)]
+    mask = split_heldout(texts, 0.05, min_bytes=100)
+    assert (mask == split_heldout(list(reversed(texts)), 0.05, 100)[::-1]).all()  # by content
+    sizes = [len(t.encode()) for t in texts]
+    held = sum(s for s, m in zip(sizes, mask) if m)
+    assert 0.05 <= held / sum(sizes) <= 0.1
+    few = ["a" * 5000, "b" * 7000, "c" * 30, "d" * 6000]       # few large documents
+    mask = split_heldout(few, 0.01, min_bytes=257)
+    assert 1 <= mask.sum() < 4 and sum(len(t) for t, m in zip(few, mask) if m) >= 257
 
-def test_datamodule_batches_with_workers():
-    dm = TextDataModule(max_bytes=200_000, block_size=64, batch_size=4, val_batch_size=5,
-                        num_workers=2)
-    assert (dm.vocab_size, dm.eot_token) == (257, 256)  # known before setup
-    dm.setup("fit")
-    batches = take(iter(dm.train_dataloader()), 4)
-    for x, y in batches:
+
+def test_hub_reader_on_compressed_jsonl_like_slimpajama(tmp_path, monkeypatch):
+    import datasets
+    import zstandard
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    texts = []
+    for c in range(2):
+        rows = [{"text": f"chunk {c} doc {i} " + "zeta " * (i % 5 + 1),
+                 "meta": {"redpajama_set_name": "RedPajamaC4"}} for i in range(30)]
+        raw = "\n".join(json.dumps(r) for r in rows).encode()
+        (tmp_path / f"example_train_{c}.jsonl.zst").write_bytes(
+            zstandard.ZstdCompressor().compress(raw))
+        texts += [r["text"] for r in rows]
+    pattern = str(tmp_path / "example_train_*.jsonl.zst")
+    assert hub_builder(pattern) == "json"
+    assert list(hub_texts("cerebras/SlimPajama-627B", data_files=pattern)) == texts
+    assert list(cap_bytes(texts, 500)) == list(cap_bytes(hub_texts("x", pattern), 500))
+    with pytest.raises(ValueError, match=r"cannot tell the file type from '\.tar'"):
+        hub_builder("hf://datasets/x/y/data.tar.zst")
+
+
+def test_hub_path_on_local_parquet_with_openwebtext_schema(tmp_path, monkeypatch):
+    """``adamrot prepare hub`` over parquet files shaped like OpenWebText's conversion, with
+    2 workers (each reads its own files), then training reads the prepared directory."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)   # any hub access fails
+    texts = write_parquet_parts(tmp_path, n_files=2, rows=60)
+    pattern = str(tmp_path / "*.parquet")
+    assert list(hub_texts("Skylion007/openwebtext", pattern)) == texts
+    assert sorted(hub_texts("x", pattern, part=0, parts=2)) == sorted(texts[:59])
+    with pytest.raises(DataError, match=r"\*\.parquet: hub dataset has no column 'body'"):
+        next(hub_texts("Skylion007/openwebtext", pattern, text_column="body"))
+    out = tmp_path / "owt"
+    assert prepare_main(["hub", "--hub-data-files", pattern, "--workers", "2",
+                         "--val-fraction", "0.2", "--out", str(out), "--no-progress"]) == 0
+    m = read_manifest(out)
+    assert m["train_documents"] + m["val_documents"] == len(texts) and m["val_documents"] > 0
+    assert m["train_tokens"] + m["val_tokens"] == sum(len(t.encode()) + 1 for t in texts)
+    dm = TextDataModule(prepared=str(out), block_size=16, batch_size=4)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(ValueError, match="was prepared with 'bytes'"):
+        TextDataModule(prepared=str(out), tokenizer="gpt2")
+
+
+# ---- prepare: idempotent, interrupted, refused -------------------------------------------
+
+def test_prepare_is_idempotent_and_redoes_an_interrupted_run(tmp_path, monkeypatch):
+    corpus = TextCorpus("local", (str(tagged_corpus(tmp_path / "c.jsonl", n=40)),))
+    out = tmp_path / "prepared"
+    _, first = prepare_text(corpus, out=out)
+    stamp = (out / MANIFEST).stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr("datamodules.prepare._run_parts", lambda *a: calls.append(a))
+    assert prepare_text(corpus, out=out)[1] == first and not calls     # a no-op
+    assert (out / MANIFEST).stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+
+    (out / MANIFEST).unlink()              # what a run killed before its last write leaves
+    with pytest.raises(PreparedError, match=f"{out}: not a finished prepared dataset"):
+        TextDataModule(prepared=str(out))
+    _, again = prepare_text(corpus, out=out)
+    assert again == first
+
+    other = TextCorpus("local", (str(tagged_corpus(tmp_path / "d.jsonl", n=30, seed=1)),))
+    with pytest.raises(PreparedError, match=f"{out}: holds another prepared corpus"):
+        prepare_text(other, out=out)
+    with pytest.raises(PreparedError, match="holds another"):
+        prepare_text(corpus, out=out, tokenizer="gpt2",
+                     ranks_file=str(tiny_ranks(tmp_path)))
+
+
+def tiny_ranks(tmp_path):
+    path = tmp_path / "tiny.tiktoken"
+    path.write_bytes(b"".join(base64.b64encode(bytes([b])) + b" %d\n" % b for b in range(256)))
+    return path
+
+
+def test_corrupt_or_foreign_directories_are_refused(tmp_path):
+    corpus = TextCorpus("local", (str(tagged_corpus(tmp_path / "c.jsonl", n=40)),))
+    foreign = tmp_path / "photos"
+    (foreign / "train").mkdir(parents=True)
+    (foreign / "train" / "cat.jpg").write_bytes(b"jpeg")
+    with pytest.raises(PreparedError, match=f"{foreign}: not a finished prepared dataset"):
+        TextDataModule(prepared=str(foreign))
+    with pytest.raises(PreparedError, match=f"{foreign}: not empty and not a prepared dataset"):
+        prepare_text(corpus, out=foreign)
+    assert (foreign / "train" / "cat.jpg").exists()            # nothing of theirs deleted
+    with pytest.raises(PreparedError, match=f"{tmp_path / 'nope'}: prepared dataset directory "
+                                            "does not exist"):
+        TextDataModule(prepared=str(tmp_path / "nope"))
+    out, _ = prepare_text(corpus, out=tmp_path / "ok")
+    (tmp_path / "ok" / MANIFEST).write_text("{not json")
+    with pytest.raises(PreparedError, match=f"{out}: corrupt {MANIFEST}"):
+        TextDataModule(prepared=out)
+    (tmp_path / "ok" / MANIFEST).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(PreparedError, match=f"{out}: not a prepared text corpus"):
+        TextDataModule(prepared=out)
+
+
+# ---- sampling: diversity, exact resume, validation ------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_hold_many_documents(tmp_path, workers):
+    """300 documents of 2,000-8,000 bytes, batches of 16 windows of 129 byte tokens: on
+    average >= 12 distinct documents per batch (consecutive windows of one document, the old
+    stream, gave ~1)."""
+    dm = TextDataModule(source="local", paths=[str(tagged_corpus(tmp_path / "c.jsonl"))],
+                        block_size=128, batch_size=16, num_workers=workers)
+    counts = []
+    loader = dm.train_dataloader()
+    for i, (x, y) in enumerate(loader):
+        windows = torch.cat([x, y[:, -1:]], dim=1)
+        counts.append(len({owner(w) for w in windows}))
+        if i == 59:
+            break
+    mean = sum(counts) / len(counts)
+    print(f"distinct documents per batch ({workers} workers): mean {mean:.2f}, "
+          f"min {min(counts)}, max {max(counts)}")
+    assert mean >= 12
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_state_resumes_exactly(tmp_path, workers):
+    """Stopped after k batches, a new loader given ``state_dict()`` yields the batches an
+    uninterrupted loader yields next, also across an epoch boundary."""
+    path = str(tagged_corpus(tmp_path / "c.jsonl", n=60, lo=200, hi=800))
+    make = lambda: TextDataModule(source="local", paths=[path], block_size=16,  # noqa: E731
+                                  batch_size=4, num_workers=workers, seed=3).train_dataloader()
+    reference = make()
+    per_epoch = len(reference)
+    straight = [x for x, _ in batches(reference, per_epoch)] + \
+        [x for x, _ in batches(reference, 10)]                     # into epoch 2
+    for stop in (5, per_epoch - 3):
+        first = make()
+        it = iter(first)
+        for _ in range(stop):
+            next(it)
+        state = first.state_dict()
+        del it
+        resumed = make()
+        resumed.load_state_dict(state)
+        got = [x for x, _ in resumed][:per_epoch - stop]
+        assert all(torch.equal(a, b) for a, b in zip(got, straight[stop:per_epoch]))
+        assert len(got) == per_epoch - stop
+        nxt = next(iter(resumed))[0]                                # next epoch: reshuffled
+        assert torch.equal(nxt, straight[per_epoch])
+    assert not torch.equal(straight[0], straight[per_epoch])
+
+
+def test_train_and_validation_never_share_a_document(tmp_path, monkeypatch):
+    path = str(tagged_corpus(tmp_path / "c.jsonl", n=120, lo=300, hi=1500))
+    dm = TextDataModule(source="local", paths=[path], block_size=32, batch_size=8,
+                        val_fraction=0.15, val_max_tokens=None)
+    info = dm.describe()
+    assert info["val_documents"] > 1 and info["train_documents"] + info["val_documents"] == 120
+    train_docs = {owner(torch.cat([x, y[:, -1:]], 1)[i]) for x, y in dm.train_dataloader()
+                  for i in range(len(x))}
+    val_docs = {owner(w) for w in dm.val_windows}
+    assert len(val_docs) > 1 and not train_docs & val_docs
+    assert len(train_docs) == info["train_documents"]          # one epoch reaches them all
+    # validation: the same windows in every run, seed and worker count; equal rank shares
+    other = TextDataModule(source="local", paths=[path], block_size=32, batch_size=8,
+                           val_fraction=0.15, val_max_tokens=None, seed=9, num_workers=2)
+    other.setup()
+    assert torch.equal(dm.val_windows, other.val_windows)
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(text_module, "rank_world", lambda r=rank: (r, 3))
+        shares.append(torch.cat([x for x, _ in dm.val_dataloader()]))
+    assert all(len(s) == len(dm.val_windows) // 3 for s in shares)
+    assert torch.equal(torch.cat(shares), dm.val_windows[:3 * len(shares[0]), :-1])
+
+
+def test_datamodule_batches_and_entropy():
+    dm = TextDataModule(max_bytes=200_000, block_size=64, batch_size=4, val_batch_size=5)
+    assert (dm.vocab_size, dm.eot_token) == (257, 256)
+    for x, y in batches(dm.train_dataloader(), 3):
         assert x.shape == y.shape == (4, 64) and x.dtype == y.dtype == torch.int64
-        assert torch.equal(x[:, 1:], y[:, :-1])
-        assert int(x.max()) < dm.vocab_size
-    # The DataLoader takes batches from its workers in turn; worker w reads shard w.
-    for worker in range(2):
-        ds = PackedTrainDataset(dm.train_documents, 64, dm.eot_token)
-        expected = torch.stack(take(ds.iter_windows(0, 1, worker, 2), 8))
-        assert torch.equal(torch.cat([batches[worker][0], batches[worker + 2][0]]),
-                           expected[:, :-1])
-
-    val = dm.val_dataloader()
-    val_batches = list(val)
-    assert len(val_batches) == len(val) == math.ceil(len(dm.val_windows) / 5)
-    assert all(x.shape[1] == 64 and x.shape[0] <= 5 and x.dtype == torch.int64
-               for x, _ in val_batches)
-    entropy = dm.unigram_entropy()
-    assert 0 < entropy < math.log(257)
+        assert torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < dm.vocab_size
+    val = list(dm.val_dataloader())
+    assert all(x.shape[1] == 64 and x.shape[0] <= 5 for x, _ in val)
+    assert sum(len(x) for x, _ in val) == len(dm.val_windows)
+    assert 0 < dm.unigram_entropy() < torch.log(torch.tensor(257.0))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -363,28 +422,9 @@ def test_datamodule_validates_arguments(kwargs, message):
         TextDataModule(**kwargs)
 
 
-def test_hub_reader_on_compressed_jsonl_like_slimpajama(tmp_path, monkeypatch):
-    """SlimPajama-627B ships ``train/chunk*/example_train_*.jsonl.zst`` with a ``text`` column
-    and a ``meta`` dict: the same files, written here, stream through ``hub_data_files``."""
-    import datasets
-    import zstandard
-
-    from datamodules.text import hub_builder
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    texts = []
-    for c in range(2):
-        rows = [{"text": f"chunk {c} doc {i} " + "zeta " * (i % 5 + 1),
-                 "meta": {"redpajama_set_name": "RedPajamaC4"}} for i in range(30)]
-        raw = "\n".join(json.dumps(r) for r in rows).encode()
-        (tmp_path / f"example_train_{c}.jsonl.zst").write_bytes(
-            zstandard.ZstdCompressor().compress(raw))
-        texts += [r["text"] for r in rows]
-    pattern = str(tmp_path / "example_train_*.jsonl.zst")
-    assert hub_builder(pattern) == "json"
-    assert list(hub_texts("cerebras/SlimPajama-627B", data_files=pattern, split="train")) == texts
-    dm = TextDataModule(source="hub", hub_data_files=pattern, block_size=16, max_bytes=500)
-    assert dm.describe()["corpus_hash"] == corpus_hash(cap_bytes(texts, 500))
-    with pytest.raises(ValueError, match=r"cannot tell the file type from '\.tar'.*optionally "
-                                         r"compressed \(\.zst"):
-        hub_builder("hf://datasets/x/y/data.tar.zst")
+def test_prepare_command_refuses_bad_options(tmp_path, capsys):
+    assert prepare_main(["embedded", "--val-fraction", "1.5", "--no-progress"]) == 2
+    assert "adamrot: error: --val-fraction must be in (0, 1)" in capsys.readouterr().err
+    assert prepare_main(["local", str(tmp_path / "none.txt"), "--no-progress"]) == 2
+    assert "none.txt' does not exist" in capsys.readouterr().err
+    assert prepare_main(["embedded", "--workers", "0"]) == 2

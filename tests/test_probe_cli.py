@@ -161,3 +161,16 @@ def test_truncated_checkpoint_is_one_error_line(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("adamrot: error: ")
     assert str(ckpt) in lines[0] and "Traceback" not in err
     assert not out.exists()                     # refused before anything is written
+
+
+def test_compare_one_one_is_welch_over_rows():
+    from adamrot.probe.summary import compare_one_one
+    from rotations.probes import t_quantile
+
+    a = {"hessian": {"rows": [{"l1": x} for x in (4.0, 5.0, 6.0)]}}
+    b = {"hessian": {"rows": [{"l1": x} for x in (1.0, 2.0, 3.0)]}}
+    d = compare_one_one(a, b)
+    se = (1 / 3 + 1 / 3) ** 0.5                     # sd 1 on both sides, 3 rows each
+    assert d["mean"] == pytest.approx(3.0) and d["df"] == 4
+    assert d["half_width"] == pytest.approx(t_quantile(0.975, 4) * se)
+    assert d["excludes"] and d["lo"] == pytest.approx(3.0 - d["half_width"])

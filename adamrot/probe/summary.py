@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from rotations.probes import BLOCKS, evidence, mean_interval, nested_interval
+from rotations.probes import (BLOCKS, difference_interval, evidence, mean_interval,
+                              nested_interval)
 from rotations.probes.intervals import LEVEL, rows_needed
 
 from .rows import HIST_BINS, HIST_HI, HIST_LO
@@ -107,6 +108,14 @@ def one_one_summary(rows: list[dict], level: float = LEVEL) -> Optional[dict]:
             "rows_needed_rel10": rows_needed(0.1 * iv["mean"], iv["sd"], level),
             "definition": "mean L1 norm of the sampled rows = estimate of "
                           "||H||_(1,1)/d with ||H||_(1,1) = sum_mn |H_mn|"}
+
+
+def compare_one_one(a: dict, b: dict, level: float = LEVEL) -> dict:
+    """Fig. 8 between two probes (``probe.json`` dicts, e.g. a rotated run and its baseline):
+    the Welch interval of ``‖H‖_(1,1)/d`` of ``a`` minus that of ``b`` over their sampled rows,
+    and the rows per probe that would make it exclude 0 at these spreads."""
+    ivs = [mean_interval([r["l1"] for r in res["hessian"]["rows"]], level) for res in (a, b)]
+    return difference_interval(*ivs, level)
 
 
 def bound_summary(per_batch: list[float], argmax: list[int], space) -> Optional[dict]:
@@ -220,8 +229,8 @@ def print_summary(res: dict) -> None:
         sec = t1.get(kind)
         if not sec:
             continue
-        extra = (f" (or {_n(sec['directions_needed'])} directions at these rows)"
+        extra = (f", or {_n(sec['directions_needed'])} directions at these rows"
                  if kind == "random" else "")
         print(f"  Table 1 ({kind} δ, 95% CI): |other|-|neuron| {_ci(sec['other_minus_neuron'])}, "
-              f"|other|-|layer| {_ci(sec['other_minus_layer'])}: {sec['verdict']}; "
-              f"resolving needs {_n(sec['rows_needed'])} rows{extra}")
+              f"|other|-|layer| {_ci(sec['other_minus_layer'])}: {sec['verdict']} (intervals "
+              f"clear 0 from {_n(sec['rows_needed'])} rows at this spread{extra})")

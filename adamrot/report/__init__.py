@@ -19,7 +19,7 @@ from .stats import (Interval, Slowdown, StatsError, bootstrap_ci, compute_slowdo
                     first_reach, last_fraction_improvement, mean_ci, seed_average, t_quantile,
                     trailing_mean)
 from .tables import (TRAIN_LOSS, VAL_ACC1, VAL_LOSS, BestLR, Summary, best_lr_markdown,
-                     best_lr_table, compare, final_value, find_lr_key, summarize,
+                     best_lr_table, compare, final_value, find_lr_key, next_grid_point, summarize,
                      summary_markdown)
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "resolve_key", "Interval", "Slowdown", "StatsError", "bootstrap_ci", "compute_slowdown",
     "diff_ci", "first_reach", "last_fraction_improvement", "mean_ci", "seed_average",
     "t_quantile", "trailing_mean", "TRAIN_LOSS", "VAL_ACC1", "VAL_LOSS", "BestLR", "Summary",
-    "best_lr_markdown", "best_lr_table", "compare", "final_value", "find_lr_key", "summarize",
+    "best_lr_markdown", "best_lr_table", "compare", "final_value", "find_lr_key",
+    "next_grid_point", "summarize",
     "summary_markdown",
 ]

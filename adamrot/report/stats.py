@@ -176,11 +176,12 @@ def first_reach(steps: Sequence[int], values: Sequence[float], target: float,
 def last_fraction_improvement(steps: Sequence[int], values: Sequence[float],
                               fraction: float = 0.2, mode: str = "min") -> float | None:
     """Relative improvement of a curve over its last ``fraction`` of steps:
-    ``(C(t0) - C(T)) / |C(t0)|`` (sign flipped for mode max), t0 = first step >= (1-f) T."""
+    ``(C(t0) - C(T)) / |C(t0)|`` (sign flipped for mode max), t0 = the last logged step at or
+    before (1-f) T (so the window covers at least the fraction)."""
     s, v = np.asarray(steps), np.asarray(values, dtype=np.float64)
     if s.size < 2:
         return None
-    i0 = int(np.searchsorted(s, (1 - fraction) * s[-1], side="left"))
+    i0 = max(0, int(np.searchsorted(s, (1 - fraction) * s[-1], side="right")) - 1)
     if i0 >= s.size - 1 or v[i0] == 0:
         return None
     d = (v[i0] - v[-1]) / abs(v[i0])

@@ -315,9 +315,15 @@ def _tied_to_lr(k: str, runs: Sequence[RunData], lr_key: str, opt_key: str) -> b
         len(set(m.values())) == len(m) for m in per_opt.values())
 
 
-def grid_step(lrs: Sequence[float]) -> float:
-    """The grid's ratio between neighbours (geometric mean)."""
-    return (lrs[-1] / lrs[0]) ** (1.0 / (len(lrs) - 1)) if len(lrs) > 1 and lrs[0] > 0 else 10.0
+def next_grid_point(lrs: Sequence[float], above: bool) -> float:
+    """The lr one grid step beyond the sorted grid ``lrs`` (the grid's geometric mean ratio),
+    snapped to a half-decade value when within 1 % of one, to 3 significant digits."""
+    step = (lrs[-1] / lrs[0]) ** (1.0 / (len(lrs) - 1)) if len(lrs) > 1 and lrs[0] > 0 else 10.0
+    x = lrs[-1] * step if above else lrs[0] / step
+    k = round(2 * math.log10(x))
+    if abs(2 * math.log10(x) - k) < 0.01 * 2 / math.log(10):
+        x = 10 ** (k / 2)
+    return float(f"{x:.3g}")
 
 
 def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
@@ -366,10 +372,7 @@ def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
         best = min(per_lr, key=score)
         lrs = [t[0] for t in per_lr]
         edge = len(lrs) > 1 and best[0] in (lrs[0], lrs[-1])
-        ext = None
-        if edge:
-            q = grid_step(lrs)
-            ext = float(f"{(lrs[0] / q if best[0] == lrs[0] else lrs[-1] * q):.3g}")
+        ext = next_grid_point(lrs, above=best[0] == lrs[-1]) if edge else None
         row = {shorts[k]: fmt_value(c["gv"][k]) for k in group_keys}
         row.update(optimizer=c["opt"], setting=label_string(c["ov"], shorts) if c["ov"] else "",
                    best_lr=best[0], at_edge=edge, best_mean=best[1].value,
@@ -413,5 +416,5 @@ def csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
 
 
 __all__ = ["Summary", "BestLR", "summarize", "summary_markdown", "best_lr_table",
-           "best_lr_markdown", "csv_text", "final_value", "compare", "find_lr_key",
+           "best_lr_markdown", "csv_text", "final_value", "compare", "find_lr_key", "next_grid_point",
            "TRAIN_LOSS", "VAL_LOSS", "VAL_ACC1"]

@@ -1,52 +1,72 @@
 #!/usr/bin/env bash
-# Runs every CPU twin of the catalogue (docs/REPRODUCE.md), in dependency order, then the
-# probes and reports. Outputs in runs/paper/cpu/ (git-ignored). Re-running skips finished
-# sweep runs. Usage: bash configs/paper/run_cpu_twins.sh [step ...]   (default: all steps)
+# The CPU catalogue (docs/REPRODUCE.md) as one resumable command, in two tiers:
+#   bash configs/paper/run_cpu_twins.sh quick        # minutes: every twin parses and trains 2 steps
+#                                                    # (tests/test_catalogue.py; what CI runs)
+#   nohup bash configs/paper/run_cpu_twins.sh full > runs/paper/cpu/full.log 2>&1 &
+#                                                    # hours (~9 h on 2 cores): every twin, 3-5 seeds
+#   bash configs/paper/run_cpu_twins.sh STEP ...      # some steps of the full tier (names below)
+# Re-running resumes: sweeps skip finished runs and resume interrupted ones, finished resumed
+# runs and probes are skipped. Outputs in runs/paper/cpu/ (git-ignored); the last step (tables)
+# regenerates every table and figure of docs/REPRODUCE.md from the run directories.
 set -u
 cd "$(dirname "$0")/../.."
 A=${ADAMROT:-.venv/bin/adamrot}
+PY=${PYTHON:-.venv/bin/python}
 R=runs/paper/cpu
-steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(fig1a orth probes appA1 appA4 appC2 svdF beta2 muon og onebeta vit resnet reports)
-sweep() { $A sweep "configs/paper/cpu/$1.sweep.yaml"; }
+FULL=(pilot fig1a orth probes appA1 appA4 appC2 svdF beta2 muon og ogseeds onebeta onebetaseeds vit resnet tables)
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(full)
+[ "${steps[0]}" = full ] && steps=("${FULL[@]}")
+sweep() { $A sweep "$1" || { echo "sweep $1 failed (rc $?)"; exit 1; }; }
+mkdir -p $R
 for s in "${steps[@]}"; do
   echo "=== $s $(date +%T)"
   case $s in
-    fig1a) sweep fig1a_gpt2_scopes ;;
-    orth)
-      for S in none outputwise global svd; do
-        d=$R/neurips_update_orth/scope=$S
+    quick) OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} $PY -m pytest -x -q tests/test_catalogue.py || exit 1 ;;
+    pilot)   # one unrotated fig1a run: do 1000 steps flatten the baseline (criterion < 2 %)?
+      d=$R/pilot
+      [ -f "$d/done" ] || { $A fit --config configs/paper/cpu/gpt2_tiny.yaml --seed_everything 0 \
+        --trainer.default_root_dir "$d" > "$d.log" 2>&1 && touch "$d/done"; } || exit 1
+      $PY configs/paper/cpu/summarize.py --check-flat "$d" || {
+        echo "raise trainer.max_steps in configs/paper/cpu/gpt2_tiny.yaml, rm -rf $d, re-run"; exit 1; } ;;
+    fig1a) sweep configs/paper/cpu/fig1a_gpt2_scopes.sweep.yaml ;;
+    orth)    # 50 resumed steps from the fig1a checkpoints, seeds 0-2
+      for N in 0 1 2; do for S in none outputwise global svd; do
+        d=$R/neurips_update_orth/scope=${S}_seed=$N
         [ -f "$d/done" ] && continue
         rm -rf "$d"; mkdir -p "$d"
         $A fit --config configs/paper/cpu/gpt2_tiny.yaml --config configs/paper/cpu/neurips_update_orth.yaml \
-          --model.init_args.rotation.scope $S \
-          --ckpt_path $R/fig1a_gpt2_scopes/scope=$S/checkpoints/last.ckpt \
+          --model.init_args.rotation.scope $S --seed_everything $N \
+          --ckpt_path $R/fig1a_gpt2_scopes/scope=${S}_seed=$N/checkpoints/last.ckpt \
           --trainer.default_root_dir "$d" > "$d.log" 2>&1 && touch "$d/done"
+      done; done ;;
+    probes)  # the `cpu` entries of configs/paper/probes.yaml
+      $PY - <<'PY' | while IFS=$'\t' read -r run out args; do
+import shlex, yaml
+cpu = yaml.safe_load(open("configs/paper/probes.yaml"))["cpu"]
+for e in cpu["experiments"].values():
+    for r in e["runs"]:
+        print(f"{cpu['root']}/{r}\t{cpu['root']}/{r}/{e['out']}\t{shlex.join(e['args'])}")
+PY
+        [ -f "$out/probe.json" ] && continue
+        eval "$A probe \"$run\" --out \"$out\" $args --overwrite" > "$out.log" 2>&1
       done ;;
-    probes)
-      for S in none outputwise global svd; do
-        d=$R/fig1a_gpt2_scopes/scope=$S
-        [ -f "$d/probe/probe.json" ] && continue
-        $A probe "$d" --device cpu --batches 50 --hessian-rows 6 --hessian-batches 4 \
-          --random-directions 4 --cauchy-vectors 0 --no-progress --overwrite > "$d/probe.log" 2>&1
-      done
-      # per-type Hessian rows (Fig. 9 / 19-27): one row per type, global vs none
-      for S in none global; do
-        d=$R/fig1a_gpt2_scopes/scope=$S
-        [ -f "$d/probe_types/probe.json" ] && continue
-        $A probe "$d" --out "$d/probe_types" --device cpu --batches 1 --hessian-rows 7 --hessian-batches 4 \
-          --row-types embedding,query,key,value,attn_out,mlp_in,mlp_out --layers 1 \
-          --random-directions 2 --cauchy-vectors 0 --no-progress --overwrite > "$d/probe_types.log" 2>&1
-      done ;;
-    appA1) sweep appA1_block_size ;;
-    appA4) sweep appA4_sgd_flash ;;
-    appC2) sweep appC2_arch_aware ;;
-    svdF) sweep svd_refresh ;;
-    beta2) sweep appB2_beta2 ;;
-    muon) sweep muon ;;
-    og) sweep og_optimizers ;;
-    onebeta) sweep og_one_beta ;;
-    vit) sweep fig1b_vit_scopes ;;
-    resnet) sweep appC1_resnet50_scopes ;;
-    reports) .venv/bin/python configs/paper/cpu/summarize.py ;;
+    appA1) sweep configs/paper/cpu/appA1_block_size.sweep.yaml ;;
+    appA4) sweep configs/paper/cpu/appA4_sgd_flash.sweep.yaml ;;
+    appC2) sweep configs/paper/cpu/appC2_arch_aware.sweep.yaml ;;
+    svdF) sweep configs/paper/cpu/svd_refresh.sweep.yaml ;;
+    beta2) sweep configs/paper/cpu/appB2_beta2.sweep.yaml ;;
+    muon) sweep configs/paper/cpu/muon.sweep.yaml ;;
+    og) sweep configs/paper/cpu/og_optimizers.sweep.yaml ;;
+    ogseeds)   # 3 seeds at each best lr; stops if a best lr sits at the edge of its grid
+      $PY configs/paper/make_og_sweeps.py --seeds-at-best og_optimizers || exit 1
+      sweep $R/og_optimizers_seeds.sweep.yaml ;;
+    onebeta) sweep configs/paper/cpu/og_one_beta.sweep.yaml ;;
+    onebetaseeds)
+      $PY configs/paper/make_og_sweeps.py --seeds-at-best og_one_beta || exit 1
+      sweep $R/og_one_beta_seeds.sweep.yaml ;;
+    vit) sweep configs/paper/cpu/fig1b_vit_scopes.sweep.yaml ;;
+    resnet) sweep configs/paper/cpu/appC1_resnet50_scopes.sweep.yaml ;;
+    tables) $PY configs/paper/cpu/summarize.py --write-docs > $R/catalogue.log ;;
+    *) echo "unknown step $s (quick, full, ${FULL[*]})"; exit 2 ;;
   esac
 done

@@ -1,345 +1,305 @@
-"""Figures and numbers of the CPU twins for docs/REPRODUCE.md.
+"""The CPU twins' tables and figures for docs/REPRODUCE.md, regenerated from the run directories.
 
-Reads runs/paper/cpu/ (written by configs/paper/run_cpu_twins.sh), writes small PNGs to
-docs/figures/ and the numbers to runs/paper/cpu/summary.md / summary.json. Whatever has not
-been run is reported as "not run".
+    .venv/bin/python configs/paper/cpu/summarize.py [--runs runs/paper/cpu] [--write-docs]
+    .venv/bin/python configs/paper/cpu/summarize.py --check-flat RUN_DIR [RUN_DIR ...]
 
-    .venv/bin/python configs/paper/cpu/summarize.py
-
-Numbers: final val loss = last validation of the run; "slowdown (train)" = the report's
-slowdown definition applied to the train loss (logged every 10 steps, trailing mean over 5
-points) instead of the validation loss (6 evaluations on a 300-step run are too coarse):
-steps the run needs to first reach the baseline's final smoothed train loss / the
-baseline's steps - 1.
+Per experiment it runs the report (adamrot.report: reading, smoothing, intervals, slowdown) into
+``runs/paper/cpu/reports/<name>/`` and copies a small figure to ``docs/figures/``; it adds the
+numbers the report does not make (second-moment spread, probes, update orthogonality, the SGD
+curve distance), each as mean ± 95 % t interval over seeds with the seed count. All tables go to
+``runs/paper/cpu/catalogue.md``; ``--write-docs`` also replaces the blocks between
+``<!-- generated:NAME -->`` and ``<!-- end:NAME -->`` in docs/REPRODUCE.md. An experiment
+without runs reads "not run". ``--check-flat`` exits 1 unless the seed-mean val/loss of the runs
+improves less than 2 % over its last 20 % of steps (the full tier's step-count check).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
-import math
+import os
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from adamrot import report as rp
+from adamrot.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[3]
-R = ROOT / "runs" / "paper" / "cpu"
-SCOPES = ("none", "outputwise", "inputwise", "layerwise", "global", "svd")
 FIG = ROOT / "docs" / "figures"
-OUT: dict = {}
+DOC = ROOT / "docs" / "REPRODUCE.md"
+NOT_RUN = "_not run yet (full tier: `bash configs/paper/run_cpu_twins.sh full`)_\n"
+
+# name -> (inputs relative to the runs root, report keyword arguments, figure?)
+FIG1A = "fig1a_gpt2_scopes"
+SEEDS3 = "_seed=[012]"
+REPORTS = {
+    "fig1a": ([FIG1A], dict(label_keys=["scope"], smooth=2, train_smooth=5), True),
+    "fig5": ([f"{FIG1A}/scope=none_seed=*", f"{FIG1A}/scope=outputwise_seed=*",
+              f"{FIG1A}/scope=global_seed=*", f"{FIG1A}/scope=svd_seed=*"],
+             dict(label_keys=["scope"], smooth=2, train_smooth=5), True),
+    "appA1": ([f"{FIG1A}/scope=none{SEEDS3}", f"{FIG1A}/scope=global{SEEDS3}", "appA1_block_size"],
+              dict(label_keys=["scope", "rotation.block_size"], smooth=2, train_smooth=5), True),
+    "appA4": (["appA4_sgd_flash"], dict(label_keys=["scope", "attention"], train_smooth=1), True),
+    "appC2": ([f"{FIG1A}/scope=none{SEEDS3}", "appC2_arch_aware"],
+              dict(label_keys=["only"], baseline="only=null", smooth=2, train_smooth=5), True),
+    "svd_refresh": ([f"{FIG1A}/scope=none{SEEDS3}", f"{FIG1A}/scope=svd{SEEDS3}", "svd_refresh"],
+                    dict(label_keys=["scope", "svd_refresh_every"], smooth=2), False),
+    "appB2": ([f"{FIG1A}/scope=none{SEEDS3}", f"{FIG1A}/scope=global{SEEDS3}", "appB2_beta2"],
+              dict(label_keys=["scope"], group_keys=["betas"], smooth=2, train_smooth=5), True),
+    "muon": ([f"{FIG1A}/scope=none{SEEDS3}", f"{FIG1A}/scope=svd{SEEDS3}", "muon"],
+             dict(label_keys=["optimizer", "scope"], baseline="optimizer=AdamW,scope=none",
+                  smooth=2, train_smooth=5), True),
+    "og_optimizers": (["og_optimizers", "?og_optimizers_seeds"],
+                      dict(label_keys=["optimizer", "betas", "lr"], train_smooth=3), False),
+    "og_one_beta": (["og_one_beta", "?og_one_beta_seeds"],
+                    dict(label_keys=["optimizer", "lr"], train_smooth=3), False),
+    "fig1b": (["fig1b_vit_scopes"], dict(label_keys=["scope"], metric="val/acc1"), True),
+    "appC1": (["appC1_resnet50_scopes"], dict(label_keys=["scope"], metric="val/acc1"), True),
+}
 
 
-def acc(d: Path) -> EventAccumulator | None:
-    if not d.is_dir() or not list(d.glob("events.out.tfevents.*")):
-        return None
-    a = EventAccumulator(str(d), size_guidance={"scalars": 0, "histograms": 0})
-    a.Reload()
-    return a
-
-
-def scal(d: Path, tag: str) -> list[tuple[int, float]]:
-    a = acc(d)
-    if a is None or tag not in a.Tags()["scalars"]:
-        return []
-    pts = {}
-    for e in a.Scalars(tag):
-        pts[e.step] = e.value
-    return sorted(pts.items())
-
-
-def smooth(pts, k=5):
-    out = []
-    for i, (s, _) in enumerate(pts):
-        w = [v for _, v in pts[max(0, i - k + 1): i + 1]]
-        out.append((s, sum(w) / len(w)))
+def inputs(runs: Path, patterns: list[str]) -> list[Path]:
+    """The run directories of an experiment; none unless every pattern matches (``?`` first:
+    optional)."""
+    out: list[Path] = []
+    for p in patterns:
+        hit = sorted(x for x in runs.glob(p.lstrip("?")) if x.is_dir())
+        if not hit and not p.startswith("?"):
+            return []
+        out += hit
     return out
 
 
-def slowdown(base: Path, run: Path, tag="train/loss", k=5):
-    b, r = smooth(scal(base, tag), k), smooth(scal(run, tag), k)
-    if not b or not r:
-        return None
-    target = b[-1][1]
-    sb = next(s for s, v in b if v <= target)
-    sr = next((s for s, v in r if v <= target), None)
-    if sr is None:
-        return "never reached"
-    return f"{100 * (sr / sb - 1):+.0f}%"
-
-
-def eq_slowdown(base: Path, run: Path, tag="train/loss", k=5):
-    """T / (first step at which the baseline reached this run's final smoothed loss) - 1,
-    T = this run's last step: how many times more steps the run took to get where it is."""
-    b, r = smooth(scal(base, tag), k), smooth(scal(run, tag), k)
-    if not b or not r:
-        return None
-    target, T = r[-1][1], r[-1][0]
-    sb = next((s for s, v in b if v <= target), None)
-    if sb is None:
-        return "better than baseline"
-    return f"{100 * (T / sb - 1):+.0f}%"
-
-
-def final(d: Path, tag="val/loss"):
-    p = scal(d, tag)
-    return p[-1][1] if p else None
-
-
-def fmt(x, nd=3):
-    return "not run" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
-
-
-def shrink(src: Path, dst: Path, width=900):
+def shrink(src: Path, dst: Path, width: int = 900) -> None:
     try:
         from PIL import Image
         im = Image.open(src)
         if im.width > width:
             im = im.resize((width, int(im.height * width / im.width)))
-        im = im.convert("P", palette=Image.ADAPTIVE, colors=128)
-        im.save(dst, optimize=True)
-    except Exception:
+        im.convert("P", palette=Image.ADAPTIVE, colors=128).save(dst, optimize=True)
+    except Exception:  # noqa: BLE001 - PIL missing or odd image: copy as is
         shutil.copy(src, dst)
 
 
-def report(name: str, paths: list[Path], *extra: str):
-    paths = [p for p in paths if p.exists()]
+def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
+    patterns, kw, fig = REPORTS[name]
+    paths = inputs(runs, patterns)
     if not paths:
-        return None
-    from adamrot import report as rep
-    out = R / "reports" / name
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        rc = rep.main([*map(str, paths), "--out", str(out), *extra])
+        return NOT_RUN
+    out = runs / "reports" / name
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True):
+            s = rp.write_report(rp.load_runs(paths), out, sources=patterns, **kw)
+    except rp.ReportError as e:
+        return f"_report failed: {e}_\n"
+    text = rp.summary_markdown(s)
     png = out / "loss_curves.png"
-    if rc == 0 and png.exists():
-        shrink(png, FIG / f"{name}.png")
-    return out
+    if figures is not None and fig and png.exists():
+        shrink(png, figures / f"{name}.png")
+        text += f"\n![{name}]({os.path.relpath((figures / f'{name}.png').resolve(), doc_dir)})\n"
+    if (out / "best_lr.md").exists():
+        text += "\n" + (out / "best_lr.md").read_text().split("\n\n", 2)[-1]
+    if name.startswith("og_"):
+        text += "\n" + ranking(s)
+    if s.notes:
+        text += "\n" + "\n".join(f"- {n}" for n in s.notes) + "\n"
+    return text
 
 
-def table(name, base: Path, runs: dict[str, Path], tag="val/loss"):
-    rows = {}
-    for label, d in runs.items():
-        rows[label] = {"final_" + tag.split("/")[-1]: final(d, tag),
-                       "slowdown_train": slowdown(base, d) if d != base else "baseline",
-                       "eq_slowdown_train": eq_slowdown(base, d) if d != base else "baseline"}
-    OUT[name] = rows
-    return rows
+def ranking(s: rp.Summary) -> str:
+    """The labels with at least 3 seeds (each optimizer at its best lr), best first, each with
+    its difference to the best (paired by seed)."""
+    cells = [(c, r) for c, r in zip(s.cells, s.rows) if r["n_seeds"] >= 3
+             and r["final_val_loss_mean"] is not None]
+    if not cells:
+        return "_no optimizer has 3 seeds at its best lr yet_\n"
+    cells.sort(key=lambda t: t[1]["final_val_loss_mean"])
+    best = cells[0][0]
+    lines = ["| rank | optimizer at its best lr | seeds | final val loss | perplexity | "
+             "Δ vs best | Δ excludes 0 |", "|---|---|---|---|---|---|---|"]
+    for i, (c, r) in enumerate(cells, 1):
+        d = rp.compare(c, best, "val/loss") if c is not best else None
+        dtxt = "-" if d is None else f"{d.value:+.4f}" + (
+            f" ± {d.half_width:.4f}" if d.has_interval else " (1 seed)")
+        exc = "-" if d is None or not d.has_interval else ("yes" if d.excludes_zero else "no")
+        lines.append(f"| {i} | {c.label} | {r['n_seeds']} | "
+                     f"{r['final_val_loss_mean']:.4f} ± {r['final_val_loss_ci95']:.4f} | "
+                     f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | {exc} |")
+    return "\n".join(lines) + "\n"
 
 
-def main():
-    FIG.mkdir(parents=True, exist_ok=True)
-    f1 = R / "fig1a_gpt2_scopes"
-    sc = {s: f1 / f"scope={s}" for s in ["none", "outputwise", "inputwise", "layerwise", "global", "svd"]}
-    table("fig1a", sc["none"], sc)
-    report("fig1a_gpt2_scopes", [f1], "--smooth", "2", "--train-smooth", "5", "--label-keys", "scope")
-    report("fig5_svd", [sc[s] for s in ("none", "outputwise", "global", "svd")], "--smooth", "2",
-           "--train-smooth", "5", "--label-keys", "scope")
+def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
+    iv = rp.mean_ci(xs)
+    if not xs:
+        return f"| {label} | 0 | not run |"
+    val = f"{iv.value:.{nd}g}{unit}"
+    return f"| {label} | {iv.n} | " + (f"{val} (1 seed)" if iv.n == 1 else
+                                      f"{val} ± {iv.half_width:.2g}") + " |"
 
-    # Fig. 6: log10 v histograms, none vs global
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=90)
-    stats = {}
+
+def per_seed(runs: Path, sweep: str, scope: str) -> list[Path]:
+    return sorted(p for p in runs.glob(f"{sweep}/scope={scope}_seed=*") if p.is_dir())
+
+
+def fig6(runs: Path) -> str:
+    """Spread (sd of log10 v) of Adam's second moments at the last step, per seed."""
+    lines = ["| scope | seeds | sd of log10 v at the last step |", "|---|---|---|"]
+    sds = {}
     for s in ("none", "global"):
-        a = acc(sc[s])
-        tag = "second_moment/log10_v/all"
-        if a is None or tag not in a.Tags().get("histograms", []):
-            continue
-        h = a.Histograms(tag)[-1]
-        hv = h.histogram_value
-        mean = hv.sum / hv.num
-        sd = math.sqrt(max(0.0, hv.sum_squares / hv.num - mean ** 2))
-        stats[s] = {"step": h.step, "mean_log10_v": mean, "sd_log10_v": sd}
-        lims = list(hv.bucket_limit)
-        cnt = list(hv.bucket)
-        tot = sum(cnt)
-        ax.step(lims, [c / tot for c in cnt], where="pre", label=f"{s} (sd {sd:.2f})")
-    if stats:
-        ax.set_xlabel("log10 v (Adam second moment, rotated coordinates)")
-        ax.set_ylabel("fraction")
-        ax.set_xlim(-16, -2)
-        ax.legend()
-        ax.set_title("Fig. 6 CPU twin: second moments at the last step")
-        fig.tight_layout()
-        fig.savefig(FIG / "fig6_second_moments.png")
-    plt.close(fig)
-    OUT["fig6"] = stats
+        vals = [h["sd"] for d in per_seed(runs, FIG1A, s)
+                if (h := rp.read_last_histogram(d, "second_moment/log10_v/all")) is not None]
+        sds[s] = vals
+        lines.append(_ci_row(s, vals))
+    if not any(sds.values()):
+        return NOT_RUN
+    if len(sds["none"]) > 1 and len(sds["none"]) == len(sds["global"]):
+        d = rp.diff_ci(sds["global"], sds["none"], paired=True)
+        lines.append(f"\nglobal − none (paired by seed): {d.value:+.3f} ± {d.half_width:.3f}; "
+                     f"excludes 0: {'yes' if d.excludes_zero else 'no'}")
+    return "\n".join(lines) + "\n"
 
-    # probes (Fig. 7, 8, Table 1) and per-type rows (Fig. 9)
-    pr = {}
-    for s in ("none", "outputwise", "global", "svd"):
-        p = sc[s] / "probe" / "probe.json"
-        if p.exists():
-            d = json.loads(p.read_text())
-            h = (d.get("hessian") or {}).get("summary", {}).get("all", {})
-            pr[s] = {"linf": d["gradient_bound"]["value"],
-                     "one_one": (d.get("one_one_norm") or {}).get("estimate"),
-                     "one_one_se": (d.get("one_one_norm") or {}).get("stderr"),
-                     "one_one_cauchy": (d.get("one_one_norm_cauchy") or {}).get("estimate"),
-                     **{f"{b}_{k}": h.get(b, {}).get(k) for b in ("neuron", "layer", "other")
-                        for k in ("mean_abs_value", "random_mean", "update_mean", "l1_share")}}
-    OUT["probes"] = pr
-    if pr:
-        fig, axs = plt.subplots(1, 2, figsize=(7, 2.8), dpi=90)
-        names = list(pr)
-        axs[0].bar(names, [pr[n]["linf"] for n in names])
-        axs[0].set_title("Fig. 7: max ||R g_B||_inf")
-        axs[1].bar(names, [pr[n]["one_one"] or 0 for n in names],
-                   yerr=[pr[n]["one_one_se"] or 0 for n in names])
-        axs[1].set_title("Fig. 8: ||H||_(1,1)/d (sampled rows)")
-        fig.tight_layout()
-        fig.savefig(FIG / "fig7_fig8_probes.png")
-        plt.close(fig)
-    types = {}
-    for s in ("none", "global"):
-        p = sc[s] / "probe_types" / "probe.json"
-        if p.exists():
-            summ = json.loads(p.read_text())["hessian"]["summary"]
-            types[s] = {t: {b: v[b]["mean_abs_value"] for b in ("neuron", "layer", "other")}
-                        for t, v in summ.items() if t != "all"}
-    OUT["fig9_types"] = types
-    if types:
-        fig, axs = plt.subplots(1, len(types), figsize=(4.2 * len(types), 3), dpi=90, squeeze=False)
-        for ax, (s, tv) in zip(axs[0], types.items()):
-            ts = list(tv)
-            for j, b in enumerate(("neuron", "layer", "other")):
-                ax.bar([i + 0.27 * (j - 1) for i in range(len(ts))], [tv[t][b] for t in ts],
-                       width=0.27, label=b)
-            ax.set_xticks(range(len(ts)), ts, rotation=45, fontsize=7)
-            ax.set_yscale("log")
-            ax.set_title(f"Fig. 9 twin, {s}: mean |H_ij| per block")
-        axs[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(FIG / "fig9_hessian_rows_types.png")
-        plt.close(fig)
 
-    # update orthogonality (resumed)
-    orth = {}
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
-    for s in ("none", "outputwise", "global", "svd"):
-        pts = scal(R / "neurips_update_orth" / f"scope={s}", "orth/cv/all")
-        if pts:
-            orth[s] = {"mean_cv": sum(v for _, v in pts) / len(pts), "steps": len(pts)}
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=s)
-    OUT["orth"] = orth
-    if orth:
-        ax.set_xlabel("step (resumed at 300)")
-        ax.set_ylabel("CV of singular values of A")
-        ax.legend()
-        ax.set_title("NeurIPS Sec. 4.2 twin: update orthogonality")
-        fig.tight_layout()
-        fig.savefig(FIG / "neurips_update_orth.png")
-    plt.close(fig)
-
-    a1 = R / "appA1_block_size"
-    table("appA1", sc["none"], {"n=4": a1 / "block_size=4", "n=32": a1 / "block_size=32",
-                                "n=768 (fig1a global)": sc["global"]})
-    report("appA1_block_size", [sc["none"], sc["global"], a1], "--smooth", "2", "--train-smooth", "5",
-           "--label-keys", "scope,rotation.block_size")
-
-    a4 = R / "appA4_sgd_flash"
-    base = scal(a4 / "sgd_none_math", "train/loss")
-    a4o = {}
-    for n in ("sgd_global_math", "sgd_global_flash"):
-        o = dict(scal(a4 / n, "train/loss"))
-        common = [(s, v) for s, v in base if s in o]
-        if common:
-            a4o[n] = {"max_abs_train_loss_diff": max(abs(v - o[s]) for s, v in common),
-                      "final_val_loss": final(a4 / n)}
-    a4o["sgd_none_math"] = {"final_val_loss": final(a4 / "sgd_none_math")}
-    OUT["appA4"] = a4o
-    report("appA4_sgd_flash", [a4], "--train-smooth", "1", "--label-keys", "scope,attention")
-
-    c2 = R / "appC2_arch_aware"
-    table("appC2", sc["none"], {"none": sc["none"], **{n: c2 / n for n in
-          ("embedding_layerwise", "query_layerwise", "key_layerwise", "value_layerwise",
-           "attn_out_layerwise", "mlp_in_layerwise", "mlp_out_layerwise",
-           "layernorm_layerwise", "value_outputwise", "embedding_outputwise")
-          if (c2 / n).exists()},
-          "all layerwise (fig1a)": sc["layerwise"]})
-    report("appC2_arch_aware", [sc["none"], c2], "--smooth", "2", "--train-smooth", "5",
-           "--label-keys", "only")
-
-    table("svd_refresh", sc["none"], {"F=20 (fig1a svd)": sc["svd"],
-                                      "F=25": R / "svd_refresh" / "run"})
-
-    b2 = R / "appB2_beta2"
-    rows = {}
-    for b in ("0.9-0.9", "0.9-0.99"):
-        n, g = b2 / f"betas=-{b}-_scope=none", b2 / f"betas=-{b}-_scope=global"
-        rows[f"beta2={b.split('-')[1]}"] = {"val_none": final(n), "val_global": final(g),
-                                            "slowdown_train_global": slowdown(n, g),
-                                            "eq_slowdown_global": eq_slowdown(n, g)}
-    rows["beta2=0.95 (fig1a, 300 steps)"] = {"val_none": final(sc["none"]),
-                                              "val_global": final(sc["global"]),
-                                              "slowdown_train_global": slowdown(sc["none"], sc["global"]),
-                                              "eq_slowdown_global": eq_slowdown(sc["none"], sc["global"])}
-    OUT["appB2"] = rows
-    report("appB2_beta2", [b2], "--smooth", "2", "--train-smooth", "3", "--label-keys", "betas,scope")
-
-    table("muon", sc["none"], {"adam none": sc["none"], "adam svd": sc["svd"],
-                               "muon none": R / "muon" / "muon_none"})
-    report("muon", [sc["none"], sc["svd"], R / "muon" / "muon_none"], "--smooth", "2",
-           "--train-smooth", "5", "--label-keys", "optimizer,scope")
-
-    og = R / "og_optimizers"
-    best = {}
-    if og.exists():
-        for d in sorted(og.iterdir()):
-            if not d.is_dir() or d.name.startswith("."):
+def appA4(runs: Path) -> str:
+    """Max |Δ train loss| of each SGD run against the unrotated math run of the same seed."""
+    d = runs / "appA4_sgd_flash"
+    if not d.is_dir():
+        return NOT_RUN
+    loaded = {r.name: r for r in rp.load_runs([d])}
+    out = ["| run | seeds | max \\|Δ train loss\\| vs unrotated (same seed) |", "|---|---|---|"]
+    for kind in ("global_math", "global_flash"):
+        diffs = []
+        for name, r in loaded.items():
+            m = re.fullmatch(rf"sgd_{kind}_seed=(\d+)", name)
+            base = loaded.get(f"sgd_none_math_seed={m.group(1)}") if m else None
+            if base is None or r.curve("train/loss") is None or base.curve("train/loss") is None:
                 continue
-            opt, lr = d.name.rsplit("_lr=", 1)
-            v = final(d)
-            if v is not None and not math.isnan(v):
-                best.setdefault(opt, []).append((v, float(lr)))
-    OUT["og"] = {o: {"best_val_loss": min(x)[0], "ppl": math.exp(min(x)[0]), "best_lr": min(x)[1],
-                     "lrs": sorted(l for _, l in x)} for o, x in best.items()}
-    report("og_optimizers", [og], "--smooth", "1", "--train-smooth", "3",
-           "--label-keys", "optimizer,lr,betas")
-    if OUT["og"]:   # own figure: the best lr of each optimizer (diverged runs would hide the rest)
-        fig, axs = plt.subplots(1, 2, figsize=(8, 3), dpi=90)
-        for o, r in sorted(OUT["og"].items(), key=lambda kv: kv[1]["best_val_loss"]):
-            d = og / f"{o}_lr={r['best_lr']:g}"
-            for ax, tag, k in ((axs[0], "train/loss", 3), (axs[1], "val/loss", 1)):
-                pts = smooth(scal(d, tag), k)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{o} (lr {r['best_lr']:g})")
-        for ax, t in zip(axs, ("train loss (trailing mean of 3 logs)", "validation loss")):
-            ax.set_title(t, fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylim(2.3, 4.0)
-        axs[1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(FIG / "og_optimizers.png")
-        plt.close(fig)
-    ob = R / "og_one_beta"
-    ob_rows = {}
-    for d in (sorted(ob.iterdir()) if ob.exists() else []):
-        if d.is_dir() and not d.name.startswith("."):
-            r = {"final_val_loss": final(d)}
-            for t in ("ratio_q05", "ratio_q95", "sigma2_median"):
-                a = acc(d)
-                tags = [x for x in (a.Tags()["scalars"] if a else []) if x.startswith(f"adam/{t}/")]
-                if tags:
-                    vals = [scal(d, x)[-1][1] for x in tags]
-                    r[t] = sum(vals) / len(vals)
-            ob_rows[d.name] = r
-    OUT["og_one_beta"] = ob_rows
-    report("og_one_beta", [ob], "--smooth", "1", "--train-smooth", "3", "--label-keys", "optimizer")
+            (s1, v1), (s0, v0) = r.curve("train/loss"), base.curve("train/loss")
+            common, i1, i0 = np.intersect1d(s1, s0, return_indices=True)
+            if common.size:
+                diffs.append(float(np.max(np.abs(v1[i1] - v0[i0]))))
+        out.append(_ci_row(kind.replace("_", "+"), diffs))
+    return "\n".join(out) + "\n"
 
-    vit = R / "fig1b_vit_scopes"
-    table("fig1b_vit", vit / "scope=none", {s: vit / f"scope={s}" for s in SCOPES if (vit / f"scope={s}").exists()},
-          tag="val/acc1")
-    report("fig1b_vit_scopes", [vit], "--metric", "val/acc1", "--label-keys", "scope")
-    rn = R / "appC1_resnet50_scopes"
-    table("appC1_resnet", rn / "scope=none", {s: rn / f"scope={s}" for s in SCOPES if (rn / f"scope={s}").exists()},
-          tag="val/acc1")
-    report("appC1_resnet50_scopes", [rn], "--metric", "val/acc1", "--label-keys", "scope")
 
-    (R / "summary.json").write_text(json.dumps(OUT, indent=1, default=str))
-    print(json.dumps(OUT, indent=1, default=lambda x: fmt(x)))
+def probes(runs: Path) -> str:
+    """Fig. 7 / 8 / Table 1 from probe.json: intervals over the sampled Hessian rows."""
+    lines = ["| scope | L∞ bound (Fig. 7) | rows | (1,1)-norm/d (Fig. 8) | "
+             "update contribution neuron / layer / other (Table 1) | "
+             "random-direction contribution neuron / layer / other |", "|---|---|---|---|---|---|"]
+    found = False
+    for s in ("none", "outputwise", "global", "svd"):
+        p = runs / FIG1A / f"scope={s}_seed=0" / "probe" / "probe.json"
+        if not p.exists():
+            continue
+        found = True
+        d = json.loads(p.read_text())
+        rows = (d.get("hessian") or {}).get("rows") or []
+        fmt = lambda xs: (lambda iv: f"{iv.value:.2e}" + (  # noqa: E731
+            f" ± {iv.half_width:.1e}" if iv.has_interval else ""))(rp.mean_ci(xs))
+        upd = [fmt([r["contributions"]["update"][b] for r in rows
+                    if "update" in r.get("contributions", {})]) for b in ("neuron", "layer", "other")]
+        rnd = [fmt([x for r in rows for x in r.get("contributions", {}).get("random", {}).get(b, [])])
+               for b in ("neuron", "layer", "other")]
+        lines.append(f"| {s} | {(d.get('gradient_bound') or {}).get('value', float('nan')):.3f} | "
+                     f"{len(rows)} | {fmt([r['l1'] for r in rows])} | {' / '.join(upd)} | "
+                     f"{' / '.join(rnd)} |")
+    if not found:
+        return NOT_RUN
+    return "\n".join(lines) + ("\n\n± = 95 % t interval over the sampled rows (random directions: "
+                               "over rows × directions); one checkpoint (seed 0) per scope.\n")
+
+
+def orth(runs: Path) -> str:
+    """Mean CV of the update's singular values over the resumed steps, per seed."""
+    lines = ["| scope | seeds | mean CV of the singular values of A |", "|---|---|---|"]
+    found = False
+    for s in ("none", "outputwise", "global", "svd"):
+        cvs = []
+        for d in sorted((runs / "neurips_update_orth").glob(f"scope={s}_seed=*")):
+            c = rp.RunData(d.name, {}, rp.read_scalars(d)).curve("orth/cv/all") \
+                if d.is_dir() and rp.find_event_dirs(d) else None
+            if c is not None:
+                cvs.append(float(np.mean(c[1])))
+        found |= bool(cvs)
+        lines.append(_ci_row(s, cvs))
+    return "\n".join(lines) + "\n" if found else NOT_RUN
+
+
+def fig9(runs: Path) -> str:
+    """Mean |H_ij| in the same-neuron / same-layer / other-layer blocks of rows of each type."""
+    lines = ["| scope | type | rows | same neuron | same layer | other layers |", "|---|---|---|---|---|---|"]
+    found = False
+    for s in ("none", "global"):
+        p = runs / FIG1A / f"scope={s}_seed=0" / "probe_types" / "probe.json"
+        if not p.exists():
+            continue
+        found = True
+        rows = (json.loads(p.read_text()).get("hessian") or {}).get("rows") or []
+        for t in dict.fromkeys(r["ptype"] for r in rows):
+            rs = [r for r in rows if r["ptype"] == t]
+            cells = []
+            for b in ("neuron", "layer", "other"):
+                iv = rp.mean_ci([r["blocks"][b]["mean_abs"] for r in rs])
+                cells.append(f"{iv.value:.2e}" + (f" ± {iv.half_width:.1e}" if iv.has_interval
+                                                   else " (1 row)"))
+            lines.append(f"| {s} | {t} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if found else NOT_RUN
+
+
+def check_flat(paths: list[str]) -> int:
+    runs = rp.load_runs(paths)
+    curves = [c for c in (r.curve("val/loss") for r in runs) if c is not None]
+    s, m, _, _ = rp.seed_average(curves)
+    imp = rp.last_fraction_improvement(s, m, 0.2)
+    ok = imp is not None and imp < 0.02
+    print(f"{len(curves)} run(s): val/loss improves "
+          f"{'n/a' if imp is None else f'{100 * imp:.2f}%'} over the last 20% of steps "
+          f"({'flat' if ok else 'NOT flat: raise trainer.max_steps'}; criterion < 2%)")
+    return 0 if ok else 1
+
+
+def fill_doc(doc: str, blocks: dict[str, str]) -> str:
+    for name, text in blocks.items():
+        pat = re.compile(rf"(<!-- generated:{re.escape(name)} -->\n).*?(<!-- end:{re.escape(name)} -->)",
+                         re.S)
+        doc = pat.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), doc)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "paper" / "cpu"))
+    ap.add_argument("--write-docs", action="store_true", help="update docs/REPRODUCE.md")
+    ap.add_argument("--check-flat", nargs="+", metavar="RUN_DIR")
+    ap.add_argument("--doc", default=str(DOC), help="the document --write-docs updates")
+    ap.add_argument("--figures", default=None,
+                    help="where the figures go (default with --write-docs: docs/figures)")
+    a = ap.parse_args(argv)
+    if a.check_flat:
+        return check_flat(a.check_flat)
+    runs = Path(a.runs)
+    figures = Path(a.figures) if a.figures else (FIG if a.write_docs else None)
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+    doc_dir = Path(a.doc).resolve().parent
+    blocks = {name: report(name, runs, figures, doc_dir) for name in REPORTS}
+    blocks.update(fig6=fig6(runs), appA4_distance=appA4(runs), probes=probes(runs),
+                  fig9=fig9(runs), orth=orth(runs))
+    md = "\n".join(f"## {k}\n\n{v}" for k, v in blocks.items())
+    runs.mkdir(parents=True, exist_ok=True)
+    atomic_write(runs / "catalogue.md", md)
+    print(md)
+    if a.write_docs:
+        doc = Path(a.doc)
+        atomic_write(doc, fill_doc(doc.read_text(encoding="utf-8"), blocks))
+        print(f"updated {doc}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

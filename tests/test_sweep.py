@@ -31,23 +31,51 @@ FAKE_TRAINER = textwrap.dedent(
             configs.append(v)
         else:
             kv[a[2:]] = v
+    t_start = time.time()
     root = kv["trainer.default_root_dir"]
     name = os.environ.get("ADAMROT_SWEEP_RUN", "")
+    def listed(var):
+        return name in os.environ.get(var, "").split(",")
+    ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID",
+           "SLURM_JOB_NAME", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS",
+           "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NODELIST")
     os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
     with open(os.path.join(root, "calls.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": args, "kv": kv, "configs": configs}) + "\\n")
+        f.write(json.dumps({"argv": args, "kv": kv, "configs": configs, "pid": os.getpid(),
+                            "env": {k: os.environ.get(k) for k in ENV}}) + "\\n")
     print("fake trainer running", name, flush=True)
-    if name in os.environ.get("FAKE_FAIL", "").split(",") or kv.get("fake.fail") == "true":
+    if listed("FAKE_FAIL") or kv.get("fake.fail") == "true":
         print("Traceback (most recent call last):\\nRuntimeError: boom", file=sys.stderr)
         sys.exit(3)
-    with open(os.path.join(root, "checkpoints", "last.ckpt"), "w") as f:
+    ckpt = os.path.join(root, "checkpoints", "last.ckpt")
+    if listed("FAKE_WAIT_TERM") and "ckpt_path" not in kv:
+        # like adamrot fit under preemption: log a few steps, save last.ckpt on SIGTERM, exit 143
+        def on_term(*_):
+            with open(ckpt, "w") as f:
+                f.write("step=5")
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, on_term)
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        w = EventFileWriter(root)
+        for step in range(6):
+            w.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=1.0)])))
+        w.close()
+        open(os.path.join(root, "waiting"), "w").close()
+        while True:
+            time.sleep(0.1)
+    with open(ckpt, "w") as f:
         f.write("ckpt")
-    if name in os.environ.get("FAKE_INTERRUPT", "").split(",") and "ckpt_path" not in kv:
+    if listed("FAKE_INTERRUPT") and "ckpt_path" not in kv:
         os.kill(os.getppid(), signal.SIGINT)   # like Ctrl-C hitting the sweep
         time.sleep(60)
         sys.exit(5)
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     with open(os.path.join(root, "done"), "w") as f:
         f.write("ok")
+    with open(os.path.join(root, "spans.jsonl"), "a") as f:
+        f.write(json.dumps({"start": t_start, "end": time.time()}) + "\\n")
     """
 )
 
@@ -59,7 +87,7 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "fake_trainer.py").write_text(FAKE_TRAINER)
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "tiny.yaml").write_text("trainer: {max_steps: 10}\n")
-    for k in ("FAKE_FAIL", "FAKE_INTERRUPT"):
+    for k in ("FAKE_FAIL", "FAKE_INTERRUPT", "FAKE_WAIT_TERM", "FAKE_SLEEP"):
         monkeypatch.delenv(k, raising=False)
     return tmp_path
 

@@ -174,3 +174,14 @@ def test_compare_one_one_is_welch_over_rows():
     assert d["mean"] == pytest.approx(3.0) and d["df"] == 4
     assert d["half_width"] == pytest.approx(t_quantile(0.975, 4) * se)
     assert d["excludes"] and d["lo"] == pytest.approx(3.0 - d["half_width"])
+
+
+def test_unwritable_output_is_one_error_line(tmp_path, capsys):
+    run = write_run(tmp_path / "run", "none")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")                      # --out below a regular file: mkdir fails
+    assert probe.main([str(run), "--out", str(blocker / "x")] + PROBE_ARGS) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adamrot: error: ")
+    assert str(blocker / "x") in lines[0] and "Traceback" not in err

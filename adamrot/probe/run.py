@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -245,7 +246,12 @@ def run_probe(args: argparse.Namespace) -> dict:
     run = load_run(cfg_path, ckpt_path, device, dtype)
     resumed = bool(partial)
     partial.setdefault("signature", sig)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProbeError(f"{out}: cannot create the output directory ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ProbeError(f"{out}: output directory is not writable")
     if discard:
         for f in (HVP_ACC, CAUCHY):
             (out / f).unlink(missing_ok=True)

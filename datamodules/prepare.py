@@ -26,7 +26,7 @@ import numpy as np
 from datamodules import corpus as C
 from datamodules.tokenizers import build_tokenizer
 
-FORMAT = "adamrot-prepared-text-v1"
+FORMATS = {"text": "adamrot-prepared-text-v1", "images": "adamrot-prepared-images-v1"}
 MANIFEST = "adamrot_prepared.json"
 CHUNK_TOKENS = 1 << 23          # tokens per litdata chunk (windows are shuffled within one)
 MIN_VAL_BYTES = 64 * 1024       # in-memory corpora hold out at least this much text
@@ -138,19 +138,20 @@ def _write_part(job: dict) -> dict:
     return stats
 
 
-def _run_parts(jobs: list[dict], progress: bool, total: int | None) -> list[dict]:
-    """Run the jobs (in this process if one, else one process each) with a progress bar."""
+def run_parts(fn: Callable[[dict], dict], jobs: list[dict], progress: bool,
+              unit: str) -> list[dict]:
+    """``fn(job)`` for each job, in this process if there is one, else one process each; a
+    job reports progress by calling ``job["report"](n)``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress,
-               desc="adamrot prepare")
+    bar = tqdm(unit=unit, unit_scale=True, disable=not progress, desc="adamrot prepare")
     try:
         if len(jobs) == 1:
-            return [_write_part({**jobs[0], "report": bar.update})]
+            return [fn({**jobs[0], "report": bar.update})]
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         queue = ctx.Manager().Queue()
         with ctx.Pool(len(jobs)) as pool:
-            result = pool.map_async(_write_part_reporting, [(job, queue) for job in jobs])
+            result = pool.map_async(_reporting, [(fn, job, queue) for job in jobs])
             while not result.ready():
                 with contextlib.suppress(Exception):
                     bar.update(queue.get(timeout=0.2))
@@ -162,9 +163,9 @@ def _run_parts(jobs: list[dict], progress: bool, total: int | None) -> list[dict
         bar.close()
 
 
-def _write_part_reporting(args) -> dict:
-    job, queue = args
-    return _write_part({**job, "report": queue.put})
+def _reporting(args) -> dict:
+    fn, job, queue = args
+    return fn({**job, "report": queue.put})
 
 
 # -- prepare / open ---------------------------------------------------------------------
@@ -181,9 +182,9 @@ def _locked(directory: Path):
         yield
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
+def read_manifest(path: str | os.PathLike, kind: str = "text") -> dict:
     """The manifest of a finished prepared directory (local or URL); :class:`PreparedError`
-    naming ``path`` if it is missing, unfinished, corrupt or not a prepared text corpus."""
+    naming ``path`` if it is missing, unfinished, corrupt or not a prepared ``kind`` set."""
     import fsspec
 
     path = str(path)
@@ -199,48 +200,71 @@ def read_manifest(path: str | os.PathLike) -> dict:
                             "interrupted `adamrot prepare` leaves none: run it again)") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise PreparedError(f"{path}: corrupt {MANIFEST} ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    expected = FORMATS[kind]
+    if not isinstance(manifest, dict) or manifest.get("format") != expected:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise PreparedError(f"{path}: not a prepared text corpus of this version "
-                            f"(format {found!r}, expected {FORMAT!r})")
+        raise PreparedError(f"{path}: not a prepared {kind} dataset of this version "
+                            f"(format {found!r}, expected {expected!r})")
     for split in ("train", "val"):
         if not fs.isfile(f"{root}/{split}/index.json"):
             raise PreparedError(f"{path}: corrupt prepared dataset ({split}/index.json missing)")
     return manifest
 
 
-def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str | None = None,
-                 out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 val_fraction: float = 0.01, workers: int = 1, progress: bool = False,
+def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
+                 out: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
                  log: Callable[[str], None] | None = None) -> tuple[str, dict]:
-    """Prepare ``corpus`` into ``out`` (default: ``cache_dir/<key>``) unless already done;
-    returns ``(directory, manifest)``. ``out`` may be an object-store URL (written locally
-    first, then uploaded, manifest last)."""
-    tok = build_tokenizer(tokenizer, ranks_file)
-    texts = corpus.read() if corpus.source != "hub" else None
-    material = {"format": FORMAT, "corpus": asdict(corpus), "tokenizer": tok.name,
-                "val_fraction": val_fraction,
-                "content": C.corpus_hash(texts) if texts is not None else None}
-    material["corpus"]["paths"] = [str(Path(p).expanduser().resolve()) if not any(
-        c in p for c in "*?[") else p for p in corpus.paths]
-    key = _key(material)
+    """Run ``build(directory)`` (writes ``train/`` and ``val/`` worker chunks, returns manifest
+    fields) unless ``out`` (default ``cache_dir/<key of material>``) already holds the same
+    preparation; then merge the chunk indexes and write the manifest, last. ``out`` may be an
+    object-store URL (written locally first, then uploaded, manifest last)."""
+    key = _key({"format": FORMATS[kind], **material})
     out = str(out) if out is not None else str(Path(cache_dir or default_cache_dir()) / key)
     remote = "://" in out and not out.startswith("file://")
     local = Path(tempfile.mkdtemp(prefix="adamrot-prepare-")) if remote else Path(out)
     with _locked(local):
         try:
-            manifest = read_manifest(out)
+            manifest = read_manifest(out, kind)
         except PreparedError:
             manifest = None                     # absent or unfinished: (re)do it
         if manifest is not None and manifest.get("key") == key:
             return out, manifest
         if manifest is not None:
-            raise PreparedError(f"{out}: holds another prepared corpus ({manifest.get('corpus')}"
-                                f", tokenizer {manifest.get('tokenizer')}); choose another "
-                                "output directory or delete it")
+            raise PreparedError(f"{out}: holds another prepared {kind} dataset "
+                                f"({manifest.get('corpus')}); choose another output "
+                                "directory or delete it")
         _clear_unfinished(local)
         if log:
-            log(f"preparing {corpus.label} with tokenizer {tok.name} into {out}")
+            log(f"preparing into {out}")
+        manifest = {"format": FORMATS[kind], "kind": kind, "key": key, **build(local)}
+        from litdata.streaming.writer import BinaryWriter
+        for split in ("train", "val"):         # <part>.index.json files -> index.json
+            BinaryWriter(str(local / split), chunk_size=1)._merge_no_wait()
+        tmp = local / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, local / MANIFEST)
+        if remote:
+            _upload(local, out)
+            shutil.rmtree(local, ignore_errors=True)
+    return out, manifest
+
+
+def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str | None = None,
+                 out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 val_fraction: float = 0.01, workers: int = 1, progress: bool = False,
+                 log: Callable[[str], None] | None = None) -> tuple[str, dict]:
+    """Prepare ``corpus`` with ``tokenizer`` into ``out`` (default: the cache) unless already
+    done (:func:`prepare_once`); returns ``(directory, manifest)``."""
+    tok = build_tokenizer(tokenizer, ranks_file)
+    texts = corpus.read() if corpus.source != "hub" else None
+    content = C.corpus_hash(texts) if texts is not None else None
+    spec = asdict(corpus)
+    spec["paths"] = [p if any(c in p for c in "*?[") else str(Path(p).expanduser().resolve())
+                     for p in corpus.paths]
+    material = {"corpus": spec, "tokenizer": tok.name, "val_fraction": val_fraction,
+                "content": content}
+
+    def build(local: Path) -> dict:
         base = {"out": str(local), "tokenizer": tokenizer, "ranks_file": ranks_file,
                 "val_fraction": val_fraction}
         if texts is not None:
@@ -251,29 +275,18 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
         else:
             n = 1 if corpus.max_bytes is not None else workers  # a byte cap is on the stream
             jobs = [{**base, "part": w, "parts": n, "corpus": asdict(corpus)} for w in range(n)]
-        stats = _run_parts(jobs, progress, None)
+        stats = run_parts(_write_part, jobs, progress, "tok")
         totals = {k: sum(s[k] for s in stats) for k in stats[0]}
         if totals["val_tokens"] == 0 or totals["train_tokens"] == 0:
             empty = "validation" if totals["train_tokens"] else "training"
             raise C.DataError(f"{corpus.label}: no {empty} documents (val_fraction="
                               f"{val_fraction}); {'raise' if empty == 'validation' else 'lower'}"
                               " it, or use a larger corpus")
-        from litdata import TokensLoader
-        from litdata.streaming.writer import BinaryWriter
-        for split in ("train", "val"):
-            BinaryWriter(str(local / split), chunk_size=CHUNK_TOKENS,
-                         item_loader=TokensLoader())._merge_no_wait()
-        manifest = {"format": FORMAT, "kind": "text", "key": key, "corpus": corpus.label,
-                    "source": corpus.source, "tokenizer": tok.name,
-                    "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
-                    "val_fraction": val_fraction, "corpus_hash": material["content"], **totals}
-        tmp = local / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, local / MANIFEST)
-        if remote:
-            _upload(local, out)
-            shutil.rmtree(local, ignore_errors=True)
-    return out, manifest
+        return {"corpus": corpus.label, "source": corpus.source, "tokenizer": tok.name,
+                "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
+                "val_fraction": val_fraction, "corpus_hash": content, **totals}
+
+    return prepare_once("text", material, build, out, cache_dir, log)
 
 
 def _clear_unfinished(directory: Path) -> None:

@@ -271,7 +271,7 @@ def test_prepare_is_idempotent_and_redoes_an_interrupted_run(tmp_path, monkeypat
     _, first = prepare_text(corpus, out=out)
     stamp = (out / MANIFEST).stat().st_mtime_ns
     calls = []
-    monkeypatch.setattr("datamodules.prepare._run_parts", lambda *a: calls.append(a))
+    monkeypatch.setattr("datamodules.prepare.run_parts", lambda *a: calls.append(a))
     assert prepare_text(corpus, out=out)[1] == first and not calls     # a no-op
     assert (out / MANIFEST).stat().st_mtime_ns == stamp
     monkeypatch.undo()
@@ -283,7 +283,7 @@ def test_prepare_is_idempotent_and_redoes_an_interrupted_run(tmp_path, monkeypat
     assert again == first
 
     other = TextCorpus("local", (str(tagged_corpus(tmp_path / "d.jsonl", n=30, seed=1)),))
-    with pytest.raises(PreparedError, match=f"{out}: holds another prepared corpus"):
+    with pytest.raises(PreparedError, match=f"{out}: holds another prepared text dataset"):
         prepare_text(other, out=out)
     with pytest.raises(PreparedError, match="holds another"):
         prepare_text(corpus, out=out, tokenizer="gpt2",
@@ -314,7 +314,7 @@ def test_corrupt_or_foreign_directories_are_refused(tmp_path):
     with pytest.raises(PreparedError, match=f"{out}: corrupt {MANIFEST}"):
         TextDataModule(prepared=out)
     (tmp_path / "ok" / MANIFEST).write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(PreparedError, match=f"{out}: not a prepared text corpus"):
+    with pytest.raises(PreparedError, match=f"{out}: not a prepared text dataset"):
         TextDataModule(prepared=out)
 
 

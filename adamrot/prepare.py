@@ -50,13 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        if args.source in TEXT_SOURCES:
-            out = _prepare_text(args)
-            print(f"prepared: {out}\ntrain with: --data.init_args.prepared {out}")
-        else:
-            out = _prepare_images(args)
-            print(f"prepared: {out}\ntrain with: --data.init_args.source prepared "
-                  f"--data.init_args.root {out}")
+        out = _prepare_text(args) if args.source in TEXT_SOURCES else _prepare_images(args)
+        print(f"prepared: {out}\ntrain with: --data.init_args.prepared {out}")
     except (ValueError, FileNotFoundError) as e:
         print(f"adamrot: error: {e}", file=sys.stderr)
         return 2

@@ -3,48 +3,26 @@
 Sources (``data.source``)
 -------------------------
 * ``embedded`` (default; no download, no files): scikit-learn's bundled *digits*
-  (``sklearn.datasets.load_digits``: 1797 real 8x8 grayscale scans of handwritten digits,
-  values 0..16, 10 classes). Images are scaled to [0, 1], upscaled to ``image_size``
-  (default 16) by bilinear interpolation, and standardised with the training split's mean
-  and std (one scalar each). The split is deterministic and stratified: within every class
-  the images are permuted with ``torch.Generator().manual_seed(split_seed)`` and the first
-  ``round(val_fraction * n_class)`` are held out (``val_fraction=0.2``: 1438 train / 359
-  val). ``channels = 1``, ``num_classes = 10``; no augmentation; tensors live in memory.
-* ``folder``: an ``ImageFolder`` tree ``root/{train_split}/<class>/<image>`` and
-  ``root/{val_split}/<class>/<image>`` (ImageNet's standard ``train/`` + ``val/`` layout,
-  e.g. after the usual ``valprep.sh``). Classes are the sorted folder names of the training
-  split; the validation split uses the same class indices (it may lack classes, but may not
-  have extra ones). Checked in ``__init__`` (missing directory, no class folders, an empty
-  split: the error names the path). Images are decoded with PIL and converted to RGB; an
-  undecodable file raises ``ValueError("cannot decode image <path>: …")``.
-* ``parquet``: the hub's parquet form of ImageNet-1k (or any dataset of that schema) through
-  ``datasets.load_dataset("parquet", data_files=…)`` -- packaged builder, never remote code.
-  Rows have an ``image`` column (``{"bytes": …, "path": …}`` struct, raw bytes, or an
-  ``Image`` feature, whose decoding is turned off: we decode ourselves to name bad rows) and an
-  integer ``label`` column (names configurable). ``train_files`` / ``val_files`` are paths or
-  globs, local or ``hf://datasets/<repo>/…`` (e.g. for ``ILSVRC/imagenet-1k``:
-  ``hf://datasets/ILSVRC/imagenet-1k/data/train-*.parquet`` and ``…/validation-*.parquet``;
-  the repository is gated: log in with ``huggingface-cli login`` first). The files are
-  converted to ``datasets``' Arrow cache once (``cache_dir``) and then memory-mapped.
-  ``num_classes`` comes from, in order: ``data.num_classes``; the ``ClassLabel`` in the
-  first training file's ``huggingface`` schema metadata; ``max(label) + 1`` over the local
-  training files (for remote files without metadata, set ``data.num_classes``).
+  (``sklearn.datasets.load_digits``: 1797 real 8x8 grayscale scans, values 0..16, 10 classes),
+  scaled to [0, 1], upscaled to ``image_size`` (default 16) bilinearly and standardised with
+  the training split's mean and std. Deterministic stratified split: within every class the
+  images are permuted with ``torch.Generator().manual_seed(split_seed)`` and the first
+  ``round(val_fraction * n_class)`` are held out (1438 train / 359 val). In memory, map-style.
+* ``folder``: an ``ImageFolder`` tree ``root/{train_split,val_split}/<class>/<image>`` (classes:
+  the training split's sorted folder names); ``parquet``: files with the hub's ImageNet-1k
+  schema (``train_files`` / ``val_files``, local or ``hf://``; ``image`` struct or bytes,
+  integer ``label``). Both are *prepared* once (:mod:`datamodules.image_prepare`: encoded
+  bytes + label in litdata chunks, every image checked) into the cache on first use, or
+  beforehand with ``adamrot prepare imagefolder|imagenet-parquet ... --out DIR`` and read
+  with ``prepared: DIR``. Training streams them shuffled (``StreamingDataset(shuffle=True)``,
+  ``StreamingDataLoader``: sharded over ranks x workers, exact resume from its
+  ``state_dict``, which Lightning checkpoints); images are decoded and augmented in the
+  workers. See docs/DATA.md.
 
-Transforms (``folder`` and ``parquet``, ``channels = 3``)
---------------------------------------------------------
-Training: ``RandomResizedCrop(image_size, scale=crop_scale)`` + horizontal flip; validation:
-``Resize(round(image_size / crop_ratio))`` + ``CenterCrop(image_size)`` (224 -> 256/224);
-then ImageNet mean/std normalisation.
-
-Batches and DDP
----------------
-``batch_size`` is **per device** (the global batch is ``batch_size x devices x num_nodes x
-accumulate_grad_batches``). All datasets are map-style, so Lightning's default
-``DistributedSampler`` shards them across ranks (training: shuffled, last incomplete batch
-dropped; validation: every sample once, padded by the sampler to equal shares).
-
-``num_classes``, ``image_size`` and ``channels`` are set after ``__init__`` so that configs
-and models can be checked against them (the vision LightningModules do so at fit start).
+Transforms (``channels = 3``): training ``RandomResizedCrop(image_size, scale=crop_scale)`` +
+horizontal flip; validation ``Resize(round(image_size / crop_ratio))`` + ``CenterCrop``; then
+ImageNet mean/std. ``batch_size`` is per device. ``num_classes``, ``image_size`` and
+``channels`` are set in ``__init__`` so models can be checked against them.
 """
 from __future__ import annotations
 
@@ -66,8 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_IMAGE_SIZE = {"embedded": 16, "folder": 224, "parquet": 224}
 
-__all__ = ["ImageNetDataModule", "load_image", "decode_image", "digits_split",
-           "ParquetImageDataset", "SOURCES"]
+__all__ = ["ImageNetDataModule", "decode_image", "digits_split", "SOURCES"]
 
 
 # -----------------------------------------------------------------------------------------
@@ -82,11 +59,6 @@ def decode_image(data: Union[bytes, bytearray, str, os.PathLike], name: str) -> 
             return img.convert("RGB")
     except Exception as e:                          # PIL raises OSError, SyntaxError, ...
         raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
-
-
-def load_image(path: str) -> Image.Image:
-    """``ImageFolder`` loader: RGB image, or ``ValueError("cannot decode image <path>: …")``."""
-    return decode_image(path, str(path))
 
 
 # -----------------------------------------------------------------------------------------
@@ -160,21 +132,6 @@ def check_folder_tree(root: str, train_split: str, val_split: str) -> list[str]:
     return classes
 
 
-def _image_folder(path: str, classes: list[str], transform):
-    from torchvision.datasets import ImageFolder
-
-    class _FixedClassFolder(ImageFolder):
-        """ImageFolder whose class list is given (so val indices match train's)."""
-
-        def find_classes(self, directory):
-            return list(classes), {c: i for i, c in enumerate(classes)}
-
-    ds = _FixedClassFolder(path, transform=transform, loader=load_image, allow_empty=True)
-    if len(ds) == 0:
-        raise ValueError(f"data.root: split {path!r} contains no images")
-    return ds
-
-
 # -----------------------------------------------------------------------------------------
 # parquet
 # -----------------------------------------------------------------------------------------
@@ -233,39 +190,16 @@ def parquet_num_classes(files: list[str], label_column: str) -> Optional[int]:
     return None
 
 
-class ParquetImageDataset(Dataset):
-    """A ``datasets.Dataset`` of (image, label) rows as ``(tensor, int)`` samples."""
+class DecodeTransform:
+    """litdata ``transform`` (runs in the DataLoader workers): a prepared item
+    ``{"image": bytes, "label": int, "name": str}`` -> ``(tensor, label)``."""
 
-    def __init__(self, hf_dataset, image_column: str, label_column: str, transform,
-                 source: str):
-        self.ds, self.transform, self.source = hf_dataset, transform, source
-        self.image_column, self.label_column = image_column, label_column
+    def __init__(self, transform):
+        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        row = self.ds[int(i)]
-        img, label = row[self.image_column], int(row[self.label_column])
-        name = f"{self.source} row {i}"
-        if isinstance(img, dict):
-            path = img.get("path")
-            if path:
-                name += f" ({path})"
-            data = img.get("bytes")
-            if data is None:
-                if not path:
-                    raise ValueError(f"cannot decode image {name}: neither bytes nor path")
-                data = path
-            img = decode_image(data, name)
-        elif isinstance(img, (bytes, bytearray)):
-            img = decode_image(img, name)
-        elif isinstance(img, Image.Image):
-            img = img.convert("RGB")
-        else:
-            raise ValueError(f"cannot decode image {name}: unsupported value of type "
-                             f"{type(img).__name__} in column {self.image_column!r}")
-        return self.transform(img), label
+    def __call__(self, item: dict):
+        return (self.transform(decode_image(item["image"].tobytes(), item["name"])),
+                int(item["label"]))
 
 
 # -----------------------------------------------------------------------------------------
@@ -286,7 +220,11 @@ class ImageNetDataModule(L.LightningDataModule):
         train_files, val_files: ``parquet``: paths/globs (local or ``hf://``).
         image_column, label_column: ``parquet`` column names.
         num_classes: ``parquet``: override the inferred class count.
-        cache_dir: ``parquet``: ``datasets`` cache directory (default: HF's).
+        cache_dir: where ``folder`` / ``parquet`` sources are prepared (default
+            ``$ADAMROT_CACHE/prepared``).
+        prepared: a directory written by ``adamrot prepare imagefolder|imagenet-parquet``
+            (``source`` and its arguments are then not used).
+        seed: seed of the training shuffle (a fresh order each epoch).
         image_size: side of the (square) training images; default 16 for ``embedded``,
             224 otherwise.
         batch_size: per-device training batch; ``eval_batch_size`` for validation
@@ -307,7 +245,8 @@ class ImageNetDataModule(L.LightningDataModule):
                  image_size: Optional[int] = None, batch_size: int = 128,
                  eval_batch_size: Optional[int] = None, num_workers: int = 8,
                  pin_memory: bool = True, crop_scale: Sequence[float] = (0.08, 1.0),
-                 crop_ratio: float = 0.875, val_fraction: float = 0.2, split_seed: int = 0):
+                 crop_ratio: float = 0.875, val_fraction: float = 0.2, split_seed: int = 0,
+                 prepared: Optional[str] = None, seed: int = 0):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source: {source!r} is not allowed; choose one of "
@@ -339,11 +278,19 @@ class ImageNetDataModule(L.LightningDataModule):
         self.image_size: int = image_size or DEFAULT_IMAGE_SIZE[source]
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.image_column, self.label_column = image_column, label_column
-        self.cache_dir = cache_dir
+        self.cache_dir, self.prepared, self.seed = cache_dir, prepared, seed
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
 
-        if source == "embedded":
+        if prepared is not None:
+            from datamodules.prepare import read_manifest
+            manifest = read_manifest(prepared, "images")     # refused now, naming the path
+            self.channels, self.num_classes = 3, manifest["num_classes"]
+            self.image_size = image_size or DEFAULT_IMAGE_SIZE["folder"]
+            if num_classes is not None and num_classes != self.num_classes:
+                raise ValueError(f"data.num_classes={num_classes} but {prepared} has "
+                                 f"{self.num_classes} classes")
+        elif source == "embedded":
             self.channels, self.num_classes = 1, 10
             if num_classes is not None and num_classes != 10:
                 raise ValueError(f"data.num_classes={num_classes} but the embedded digits "
@@ -405,56 +352,51 @@ class ImageNetDataModule(L.LightningDataModule):
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     # -- datasets -----------------------------------------------------------------------------
-    def _load_parquet(self, files: list[str], split: str):
-        import datasets
-
-        ds = datasets.load_dataset("parquet", data_files={split: files}, split=split,
-                                   cache_dir=self.cache_dir)
-        for col in (self.image_column, self.label_column):
-            if col not in ds.column_names:
-                field = "image_column" if col == self.image_column else "label_column"
-                raise ValueError(f"data.{field}: {col!r} is not a column of {files[0]!r} "
-                                 f"(columns: {', '.join(ds.column_names)})")
-        if isinstance(ds.features[self.image_column], datasets.Image):
-            ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
-        return ds
-
     def prepare_data(self):
-        # rank 0 only: build datasets' Arrow cache once; setup() then reads it on every rank
-        if self.source == "parquet":
-            self._load_parquet(self.train_files, "train")
-            self._load_parquet(self.val_files, "validation")
+        """Prepare a ``folder`` / ``parquet`` source into the cache unless done (idempotent)."""
+        if self.source != "embedded" and self.prepared is None:
+            from datamodules.image_prepare import prepare_images
+            if self.source == "folder":
+                root = Path(self.root)
+                splits = {"train": str(root / self.train_split), "val": str(root / self.val_split)}
+                self.prepared = prepare_images("imagefolder", splits, cache_dir=self.cache_dir)
+            else:
+                splits = {"train": self.train_files, "val": self.val_files}
+                self.prepared = prepare_images("imagenet-parquet", splits,
+                                               cache_dir=self.cache_dir,
+                                               image_column=self.image_column,
+                                               label_column=self.label_column,
+                                               num_classes=self.num_classes)
 
     def setup(self, stage: Optional[str] = None):
         if self.train_set is not None and self.val_set is not None:
             return
-        if self.source == "embedded":
+        if self.source == "embedded" and self.prepared is None:
             x_tr, y_tr, x_va, y_va = digits_split(self.image_size, self.val_fraction,
                                                   self.split_seed)
             self.train_set, self.val_set = TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
-        elif self.source == "folder":
-            root = Path(self.root)
-            self.train_set = _image_folder(str(root / self.train_split), self.classes,
-                                           self.train_transform())
-            self.val_set = _image_folder(str(root / self.val_split), self.classes,
-                                         self.val_transform())
         else:
-            self.train_set = ParquetImageDataset(
-                self._load_parquet(self.train_files, "train"), self.image_column,
-                self.label_column, self.train_transform(), f"train parquet {self.train_files[0]}")
-            self.val_set = ParquetImageDataset(
-                self._load_parquet(self.val_files, "validation"), self.image_column,
-                self.label_column, self.val_transform(), f"validation parquet {self.val_files[0]}")
+            from litdata import StreamingDataset
+            self.prepare_data()
+            self.train_set = StreamingDataset(f"{self.prepared}/train", shuffle=True,
+                                              seed=self.seed, drop_last=True,
+                                              transform=DecodeTransform(self.train_transform()))
+            self.val_set = StreamingDataset(f"{self.prepared}/val",
+                                            transform=DecodeTransform(self.val_transform()))
         if len(self.train_set) < self.batch_size:
             raise ValueError(f"data.batch_size={self.batch_size} is larger than the training "
                              f"split ({len(self.train_set)} samples)")
 
     # -- loaders ------------------------------------------------------------------------------
     def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        workers = self.num_workers
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.pin_memory and torch.cuda.is_available())
+        workers, pin = self.num_workers, self.pin_memory and torch.cuda.is_available()
+        if isinstance(ds, TensorDataset):
+            return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train,
+                              num_workers=workers, persistent_workers=workers > 0,
+                              pin_memory=pin)
+        from litdata import StreamingDataLoader
+        return StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                   drop_last=train, pin_memory=pin)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -238,17 +238,55 @@ def _tree(root: Path, classes=("cat", "dog"), per_class=2):
     return root
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAMROT_CACHE", str(tmp_path / "cache"))
+
+
 def test_folder_source_reads_images(tmp_path):
     root = _tree(tmp_path / "imnet")
     dm = ImageNetDataModule(source="folder", root=str(root), image_size=8, batch_size=2,
                             num_workers=0)
     assert (dm.num_classes, dm.channels, dm.image_size) == (2, 3, 8)
-    dm.setup("fit")
+    dm.setup("fit")                                   # prepared into the cache
+    assert str(dm.prepared).startswith(str(tmp_path / "cache"))
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
     assert sorted(int(t) for _, t in dm.val_set) == [0, 0, 1, 1]
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 8, 8)
+
+
+def test_prepared_images_stream_shuffled_and_resume_exactly(tmp_path):
+    """``adamrot prepare imagefolder`` then ``prepared: DIR``: every image once per epoch, a
+    new order each epoch, and a loader restored from ``state_dict()`` continues exactly."""
+    from adamrot.prepare import main as prepare_main
+
+    root = _tree(tmp_path / "imnet", classes=("a", "b", "c"), per_class=8)
+    out = tmp_path / "prepared"
+    assert prepare_main(["imagefolder", str(root), "--out", str(out), "--workers", "2",
+                         "--no-progress"]) == 0
+    dm = ImageNetDataModule(prepared=str(out), image_size=8, batch_size=4, num_workers=0,
+                            crop_scale=(1.0, 1.0))
+    assert (dm.num_classes, dm.channels) == (3, 3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epoch1 = [y for _, y in loader]
+    epoch2 = [y for _, y in loader]
+    assert sorted(torch.cat(epoch1).tolist()) == [0] * 8 + [1] * 8 + [2] * 8
+    assert torch.cat(epoch1).tolist() != torch.cat(epoch2).tolist()
+    first = ImageNetDataModule(prepared=str(out), image_size=8, batch_size=4, num_workers=0)
+    first.setup("fit")
+    fl = first.train_dataloader()
+    it = iter(fl)
+    for _ in range(2):
+        next(it)
+    state = fl.state_dict()
+    resumed = ImageNetDataModule(prepared=str(out), image_size=8, batch_size=4, num_workers=0)
+    resumed.setup("fit")
+    rl = resumed.train_dataloader()
+    rl.load_state_dict(state)
+    assert [y.tolist() for _, y in rl] == [y.tolist() for y in epoch1[2:]]
 
 
 def test_folder_source_errors_name_the_path(tmp_path):
@@ -266,10 +304,11 @@ def test_folder_source_errors_name_the_path(tmp_path):
     (root / "val" / "cat" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
     dm = ImageNetDataModule(source="folder", root=str(root), image_size=8, batch_size=2,
                             num_workers=0)
-    dm.setup("fit")
     bad = str(root / "val" / "cat" / "0.png")
-    with pytest.raises(ValueError, match=f"cannot decode image {bad}"):
-        [dm.val_set[i] for i in range(len(dm.val_set))]
+    with pytest.raises(ValueError, match=f"^{bad}: cannot decode image"):
+        dm.setup("fit")                               # checked while preparing
+    with pytest.raises(ValueError, match=f"{tmp_path / 'nope'}: prepared dataset directory"):
+        ImageNetDataModule(prepared=str(tmp_path / "nope"))
 
 
 def _parquet(path: Path, rows, metadata=None):
@@ -290,23 +329,21 @@ def test_parquet_source_reads_images(tmp_path):
     train = _parquet(tmp_path / "train-00000.parquet", rows)
     val = _parquet(tmp_path / "validation-00000.parquet", rows[:4])
     dm = ImageNetDataModule(source="parquet", train_files=str(tmp_path / "train-*.parquet"),
-                            val_files=[val], image_size=8, batch_size=3, num_workers=0,
-                            cache_dir=str(tmp_path / "cache"))
+                            val_files=[val], image_size=8, batch_size=3, num_workers=0)
     assert dm.train_files == [train]
     assert (dm.num_classes, dm.channels) == (3, 3)                 # max(label) + 1
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 6 and len(dm.val_set) == 4
     x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (3, 3, 8, 8) and y.tolist() == [0, 1, 2]
+    assert x.shape == (3, 3, 8, 8) and y.tolist() == [0, 1, 2]     # validation: in order
     # the hub's schema metadata (ClassLabel) gives the class count
     meta = {"info": {"features": {"image": {"_type": "Image"},
                                   "label": {"_type": "ClassLabel",
                                             "names": [f"c{i}" for i in range(5)]}}}}
     hub = _parquet(tmp_path / "hub.parquet", rows, metadata=meta)
     dm = ImageNetDataModule(source="parquet", train_files=hub, val_files=hub,
-                            image_size=8, batch_size=2, num_workers=0,
-                            cache_dir=str(tmp_path / "cache"))
+                            image_size=8, batch_size=2, num_workers=0)
     assert dm.num_classes == 5
     dm.setup("fit")
     assert dm.train_set[0][0].shape == (3, 8, 8)
@@ -319,11 +356,10 @@ def test_parquet_source_errors(tmp_path):
     rows = [(_png((0, 0, 0)), "good.JPEG", 0), (b"garbage", "n01440764_42.JPEG", 1)]
     f = _parquet(tmp_path / "bad.parquet", rows)
     dm = ImageNetDataModule(source="parquet", train_files=f, val_files=f, image_size=8,
-                            batch_size=1, num_workers=0, cache_dir=str(tmp_path / "cache"))
-    dm.setup("fit")
-    dm.val_set[0]
-    with pytest.raises(ValueError, match=r"cannot decode image .*row 1 \(n01440764_42.JPEG\)"):
-        dm.val_set[1]
+                            batch_size=1, num_workers=0)
+    with pytest.raises(ValueError, match=r"bad.parquet row 1 \(n01440764_42.JPEG\): cannot "
+                                         r"decode image"):
+        dm.setup("fit")
 
 
 @pytest.mark.parametrize("kwargs,match", [

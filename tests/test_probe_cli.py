@@ -134,6 +134,15 @@ def test_probe_reports_intervals(tmp_path, capsys):
     oo, want = res["one_one_norm"], mean_interval([r["l1"] for r in rows])
     assert oo["ci"] == pytest.approx([want["lo"], want["hi"]], rel=1e-12)
     assert oo["ci"][0] < oo["estimate"] < oo["ci"][1]
+    st = oo["stratified"]                       # rows weighted by their type's coordinates
+    w = st["weights"]
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["value"] / w["mlp_in"] == pytest.approx(8 * 8 / (32 * 8))
+    by_type = {}
+    for r in rows:
+        by_type.setdefault(r["ptype"], []).append(r["l1"])
+    assert st["estimate"] == pytest.approx(
+        sum(w[t] * sum(x) / len(x) for t, x in by_type.items()), rel=1e-12)
     t1 = res["hessian"]["intervals"]
     per_row = [sum(abs(o) - abs(n) for o, n in zip(r["contributions"]["random"]["other"],
                                                      r["contributions"]["random"]["neuron"])) / 2

@@ -100,3 +100,21 @@ def test_interval_coverage_by_simulation():
         hit += iv["lo"] <= 2.0 <= iv["hi"]
     se = math.sqrt(0.95 * 0.05 / reps)
     assert abs(hit / reps - 0.95) < 4 * se
+
+
+def test_stratified_interval_closed_form():
+    from rotations.probes.intervals import stratified_interval
+
+    strata = {"a": [1.0, 2.0, 3.0], "b": [10.0, 14.0]}
+    iv = stratified_interval(strata, {"a": 300, "b": 100})
+    assert iv["weights"] == {"a": 0.75, "b": 0.25}
+    assert iv["mean"] == pytest.approx(0.75 * 2.0 + 0.25 * 12.0)
+    va, vb = (0.75 ** 2) * 1.0 / 3, (0.25 ** 2) * 8.0 / 2     # w² s² / n
+    assert iv["se"] == pytest.approx(math.sqrt(va + vb))
+    assert iv["df"] == math.floor((va + vb) ** 2 / (va * va / 2 + vb * vb / 1))
+    assert iv["half_width"] == pytest.approx(t_quantile(0.975, iv["df"]) * iv["se"])
+    # one value in a stratum: the mean but no interval
+    one = stratified_interval({"a": [1.0, 3.0], "b": [5.0]}, {"a": 1, "b": 1})
+    assert one["mean"] == pytest.approx(3.5) and one["lo"] is None
+    with pytest.raises(ValueError):
+        stratified_interval({"a": [1.0]}, {"b": 1})

@@ -15,18 +15,13 @@ from .loading import ProbeError
 HIST_LO, HIST_HI, HIST_BINS = -20.0, 4.0, 96
 
 
-def select_rows(space, n: int, types: Optional[list[str]], layers: Optional[list[int]],
-                seed: int) -> list[int]:
-    """``n`` rotated indices: round-robin over ``types`` (default: every matrix type), uniform
-    within a type over the slots of eligible views (``layers`` restricts block indices;
-    views without a block are always eligible). Deterministic in ``seed``; no repeats."""
-    if n <= 0:
-        return []
+def row_pools(space, types: Optional[list[str]], layers: Optional[list[int]]) -> dict:
+    """``{type: [slot ranges]}`` rows are sampled from: ``types`` (default: every matrix type,
+    in layout order) restricted to views in ``layers`` (Transformer block indices; views
+    without a block are always eligible)."""
     if types is None:
-        types = []
-        for v, s in zip(space.views, space.shapes):
-            if min(s) > 1 and v.ptype not in types:
-                types.append(v.ptype)
+        types = list(dict.fromkeys(v.ptype for v, s in zip(space.views, space.shapes)
+                                   if min(s) > 1))
     known = {v.ptype for v in space.views}
     bad = [t for t in types if t not in known]
     if bad:
@@ -43,10 +38,26 @@ def select_rows(space, n: int, types: Optional[list[str]], layers: Optional[list
         if not ranges:
             raise ProbeError(f"no views of type {t!r} in blocks {layers}")
         pools[t] = ranges
+    return pools
+
+
+def pool_sizes(pools: dict) -> dict:
+    """Number of coordinates per row type (the strata weights of the (1,1)-norm)."""
+    return {t: sum(b - a for a, b in r) for t, r in pools.items()}
+
+
+def select_rows(space, n: int, types: Optional[list[str]], layers: Optional[list[int]],
+                seed: int) -> list[int]:
+    """``n`` rotated indices: round-robin over the types of :func:`row_pools`, uniform within a
+    type. Deterministic in ``seed``; no repeats."""
+    if n <= 0:
+        return []
+    pools = row_pools(space, types, layers)
+    types = list(pools)
     rng = random.Random(seed)
     chosen: list[int] = []
     seen: set[int] = set()
-    sizes = {t: sum(b - a for a, b in r) for t, r in pools.items()}
+    sizes = pool_sizes(pools)
     k = 0
     while len(chosen) < n:
         if k > 100 * n + 1000:

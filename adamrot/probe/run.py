@@ -18,7 +18,8 @@ from rotations.probes import (adam_update_views, cauchy_scale_estimate, cauchy_v
                               rotated_gradient, rotated_hvps)
 
 from .loading import BatchStream, ProbeError, default_loss_fn, load_run, resolve_paths
-from .rows import HIST_BINS, HIST_HI, HIST_LO, random_directions, row_summary, select_rows
+from .rows import (HIST_BINS, HIST_HI, HIST_LO, pool_sizes, random_directions, row_pools,
+                   row_summary, select_rows)
 from .summary import (bound_summary, cauchy_summary, one_one_summary, summarize_rows,
                       table1_intervals, write_figures)
 
@@ -262,6 +263,7 @@ def run_probe(args: argparse.Namespace) -> dict:
     cauchy = probe.cauchy(indices)
 
     rows = [partial["rows"][str(i)] for i in indices]
+    sizes = pool_sizes(row_pools(run.space, sig["row_types"], sig["layers"])) if rows else None
     result = {
         "signature": sig,
         "run_dir": str(run_dir), "checkpoint": str(ckpt_path), "global_step": run.global_step,
@@ -270,7 +272,7 @@ def run_probe(args: argparse.Namespace) -> dict:
         "d": run.space.d, "rotated": run.space.rotated,
         "gradient_bound": bound_summary(partial["bound"]["per_batch"],
                                         partial["bound"]["argmax"], run.space),
-        "one_one_norm": one_one_summary(rows),
+        "one_one_norm": one_one_summary(rows, sizes),
         "one_one_norm_cauchy": cauchy,
         "update_direction": update_info,
         "hessian": {"batches": args.hessian_batches, "indices": indices,

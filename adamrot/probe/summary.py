@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from rotations.probes import (BLOCKS, difference_interval, evidence, mean_interval,
                               nested_interval)
-from rotations.probes.intervals import LEVEL, rows_needed
+from rotations.probes.intervals import LEVEL, rows_needed, stratified_interval
 
 from .rows import HIST_BINS, HIST_HI, HIST_LO
 
@@ -95,19 +95,33 @@ def table1_intervals(rows: list[dict], level: float = LEVEL) -> dict:
     return out
 
 
-def one_one_summary(rows: list[dict], level: float = LEVEL) -> Optional[dict]:
+def one_one_summary(rows: list[dict], type_sizes: Optional[dict] = None,
+                    level: float = LEVEL) -> Optional[dict]:
     """``‖H‖_(1,1)/d`` as the mean L1 norm of the sampled rows, its standard error, interval
-    and the rows a ±10 % interval needs."""
+    and the rows a ±10 % interval needs. Rows are drawn round-robin over types, so with
+    ``type_sizes`` (coordinates per type) the type-weighted (stratified) mean and its interval
+    are added under ``stratified``: the unbiased estimate over the sampled types' coordinates."""
     l1s = [r["l1"] for r in rows]
     if not l1s:
         return None
     iv = mean_interval(l1s, level)
-    return {"estimate": iv["mean"], "stderr": iv["se"], "rows": len(l1s), "sd": iv["sd"],
-            "level": level, "ci": None if iv["lo"] is None else [iv["lo"], iv["hi"]],
-            "half_width": iv["half_width"],
-            "rows_needed_rel10": rows_needed(0.1 * iv["mean"], iv["sd"], level),
-            "definition": "mean L1 norm of the sampled rows = estimate of "
-                          "||H||_(1,1)/d with ||H||_(1,1) = sum_mn |H_mn|"}
+    out = {"estimate": iv["mean"], "stderr": iv["se"], "rows": len(l1s), "sd": iv["sd"],
+           "level": level, "ci": None if iv["lo"] is None else [iv["lo"], iv["hi"]],
+           "half_width": iv["half_width"],
+           "rows_needed_rel10": rows_needed(0.1 * iv["mean"], iv["sd"], level),
+           "definition": "mean L1 norm of the sampled rows = estimate of "
+                         "||H||_(1,1)/d with ||H||_(1,1) = sum_mn |H_mn|"}
+    if type_sizes:
+        strata: dict[str, list] = {}
+        for r in rows:
+            strata.setdefault(r["ptype"], []).append(r["l1"])
+        st = stratified_interval(strata, {t: type_sizes[t] for t in strata}, level)
+        out["stratified"] = {
+            "estimate": st["mean"], "stderr": st["se"], "df": st["df"],
+            "ci": None if st["lo"] is None else [st["lo"], st["hi"]], "weights": st["weights"],
+            "definition": "sum over row types of (coordinates of the type / coordinates of "
+                          "the sampled types) x mean L1 of the type's sampled rows"}
+    return out
 
 
 def compare_one_one(a: dict, b: dict, level: float = LEVEL) -> dict:
@@ -214,6 +228,10 @@ def print_summary(res: dict) -> None:
         ci = (f" ± {oo['stderr']:.2g} s.e., 95% CI [{oo['ci'][0]:.4g}, {oo['ci'][1]:.4g}]; "
               f"±10% needs {_n(oo['rows_needed_rel10'])} rows" if oo.get("ci") else "")
         print(f"  ||H||_(1,1)/d (mean row L1, {oo['rows']} rows) = {oo['estimate']:.4g}{ci}")
+        st = oo.get("stratified")
+        if st:
+            sci = f", 95% CI [{st['ci'][0]:.4g}, {st['ci'][1]:.4g}]" if st.get("ci") else ""
+            print(f"    weighted by type size (stratified) = {st['estimate']:.4g}{sci}")
     if ca:
         print(f"  Cauchy cross-check ({ca['vectors']} vectors, all rows) = {ca['estimate']:.4g}")
     summ = (res.get("hessian") or {}).get("summary") or {}

@@ -118,6 +118,34 @@ def nested_interval(groups: Sequence[Sequence[float]], level: float = LEVEL) -> 
     return out
 
 
+def stratified_interval(strata: dict, sizes: dict, level: float = LEVEL) -> dict:
+    """Interval of a population mean from per-stratum samples: ``Σ_t w_t m_t`` with
+    ``w_t = sizes[t] / Σ sizes`` (e.g. rows sampled per parameter type, weighted by the type's
+    number of coordinates), variance ``Σ w_t² s_t² / n_t``, Welch–Satterthwaite degrees of
+    freedom (rounded down). Without two values in every stratum the spread keys are ``None``."""
+    if set(strata) != set(sizes) or not strata:
+        raise ValueError(f"stratified_interval: strata {sorted(strata)} != sizes {sorted(sizes)}")
+    total = float(sum(sizes.values()))
+    w = {t: sizes[t] / total for t in strata}
+    parts = {t: mean_interval(xs, level) for t, xs in strata.items()}
+    mean = math.fsum(w[t] * parts[t]["mean"] for t in strata)
+    out = {"mean": mean, "n": sum(p["n"] for p in parts.values()), "level": level,
+           "se": None, "half_width": None, "lo": None, "hi": None, "df": None,
+           "weights": w}
+    if any(p["se"] is None for p in parts.values()):
+        return out
+    terms = {t: (w[t] * parts[t]["se"]) ** 2 for t in strata}
+    var = math.fsum(terms.values())
+    if var == 0:
+        out.update(se=0.0, half_width=0.0, lo=mean, hi=mean, df=out["n"] - len(strata))
+        return out
+    den = math.fsum(v * v / (parts[t]["n"] - 1) for t, v in terms.items())
+    df = max(1, math.floor(var * var / den))
+    h = _t(level, df) * math.sqrt(var)
+    out.update(se=math.sqrt(var), half_width=h, lo=mean - h, hi=mean + h, df=df)
+    return out
+
+
 def excludes(iv: dict, value: float = 0.0) -> Optional[bool]:
     """Whether the interval lies wholly on one side of ``value`` (``None``: no interval)."""
     if iv.get("lo") is None:

@@ -44,6 +44,12 @@ def _basis_dtype(b: OrthoBasis):
 class RotatedSpace:
     """Flat-vector view of a model's (rotated) parameter space (docs/CONVENTIONS.md §6).
 
+    ``d`` coordinates: the views in order, each view's ``(out, in)`` matrix row-major (its
+    "slot"). Rotation units map matrices to rotated matrices of the same shapes, so rotated
+    coordinate ``i`` also sits in a slot ``(view, row, col)``; ``R`` maps the standard slot
+    vector to the rotated one. Row ``i``'s blocks: I_N = its slot row, I_L = the rest of the
+    slots of its layer (``layer_id``), I_¬L = everything else.
+
     Args:
         views: the layout (order = slot order). With ``plan``, normally ``plan.views``.
         plan: the rotation; ``None`` (or views outside every unit) = identity. SVD units

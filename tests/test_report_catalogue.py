@@ -63,7 +63,7 @@ def test_summarize_fills_the_generated_blocks_from_runs(tmp_path):
     # per scope: 3 seeds, mean ± 95 % t half-width; global - none paired by seed: +0.5, no spread
     assert f"| scope=none | 3 | 2.0000 ± {half:.4f} | 2.0000 ± {half:.4f} |" in text
     assert "| scope=global | 3 |" in text and "| +0.5000 ± 0.0000 | yes |" in text
-    assert "![fig1a](figures/fig1a.png)" in text and (tmp_path / "figures/fig1a.png").exists()
+    assert "![fig1a](figures/full_fig1a.png)" in text and (tmp_path / "figures/full_fig1a.png").exists()
     assert "<!-- generated:muon -->\n_not run yet" in text and text.endswith("kept\n")
     assert "old" not in text
     cat = (runs / "catalogue.md").read_text()
@@ -104,9 +104,10 @@ def test_seeds_at_best_interior_and_edge(tmp_path, capsys):
     assert r0["model.init_args.optimizer"]["init_args"]["lr"] * r0["model.init_args.min_lr_ratio"] \
         == pytest.approx(1e-5, rel=1e-4)
     # an edge optimum is refused, naming the lr to add
-    og_runs(tmp_path, {"adam": [2.0, 2.5, 2.6, 2.7, 2.8]})
+    edge = tmp_path / "edge"
+    og_runs(edge, {t: interior for t in og.OPTIMIZERS} | {"adam": [2.0, 2.5, 2.6, 2.7, 2.8]})
     with pytest.raises(SystemExit) as e:
-        og.seeds_at_best("og_optimizers", tmp_path)
+        og.seeds_at_best("og_optimizers", edge)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "adam: best lr 0.000316 is at the edge" in err and "add 0.0001" in err

@@ -93,16 +93,17 @@ def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
     if not paths:
         return NOT_RUN
     out = runs / "reports" / name
+    shutil.rmtree(out, ignore_errors=True)          # this script's own output: no stale files
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True):
             s = rp.write_report(rp.load_runs(paths), out, sources=patterns, **kw)
     except rp.ReportError as e:
         return f"_report failed: {e}_\n"
     text = rp.summary_markdown(s)
-    png = out / "loss_curves.png"
-    if figures is not None and fig and png.exists():
-        shrink(png, figures / f"{name}.png")
-        text += f"\n![{name}]({os.path.relpath((figures / f'{name}.png').resolve(), doc_dir)})\n"
+    for png in sorted(out.glob("loss_curves*.png")) if figures is not None and fig else []:
+        dst = figures / f"full_{name}{png.stem[len('loss_curves'):]}.png"
+        shrink(png, dst)
+        text += f"\n![{name}]({os.path.relpath(dst.resolve(), doc_dir)})\n"
     if (out / "best_lr.md").exists():
         text += "\n" + (out / "best_lr.md").read_text().split("\n\n", 2)[-1]
     if name.startswith("og_"):

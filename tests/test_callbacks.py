@@ -186,3 +186,30 @@ def test_callbacks_in_a_lightning_fit(tmp_path):
     assert [e.step for e in acc.Scalars("rotation/svd_refresh")] == [1, 3]
     assert [e.step for e in acc.Scalars("orth/cv/value")] == [2, 4]
     assert (tmp_path / "second_moments.png").is_file()
+
+
+@pytest.mark.parametrize("at_end", [False, True])
+def test_periodic_callback_once_per_step_rank_zero(at_end):
+    from callbacks._common import PeriodicCallback
+
+    class Steps(PeriodicCallback):
+        def __init__(self):
+            super().__init__(every_n_steps=2, at_end=at_end)
+            self.steps = []
+
+        def log_now(self, trainer, pl_module, step):
+            self.steps.append(step)
+
+    for zero in (True, False):
+        cb = Steps()
+        trainer = SimpleNamespace(is_global_zero=zero, global_step=0)
+        for step in range(0, 6):                 # two batches per step (accumulation)
+            trainer.global_step = step
+            cb.on_train_batch_end(trainer, None, None, None, 0)
+            cb.on_train_batch_end(trainer, None, None, None, 1)
+        cb.on_train_end(trainer, None)
+        cb.on_train_end(trainer, None)
+        want = ([2, 4, 5] if at_end else [2, 4]) if zero else []
+        assert cb.steps == want
+    with pytest.raises(ValueError):
+        PeriodicCallback(every_n_steps=0)

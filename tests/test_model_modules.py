@@ -197,3 +197,35 @@ def test_gpu_check_runs_at_toy_size():
     assert set(errors) == {"none", *scopes}
     for scope, (fp32, bf16) in errors.items():
         assert 0 <= fp32 < 1e-4 < bf16 < 0.5, scope         # bf16 is the coarser one
+
+
+# -- throughput ---------------------------------------------------------------------------
+def test_throughput_metrics(tiny_gpt_module, monkeypatch):
+    import types
+
+    import lightning_modules.base as base
+    m = tiny_gpt_module(peak_flops=1e9)
+    m._trainer = types.SimpleNamespace(world_size=2, is_last_batch=False, global_step=4,
+                                       accumulate_grad_batches=1, log_every_n_steps=2)
+    logged = {}
+    monkeypatch.setattr(m, "log_dict", lambda metrics, **kw: logged.update(metrics))
+    clock = iter([10.0, 12.0])
+    monkeypatch.setattr(base.time, "perf_counter", lambda: next(clock))
+    m.count_samples(4, 64)
+    m.on_train_batch_end(None, None, 0)                  # starts the clock, logs nothing
+    assert logged == {} and m.tokens_seen == 128
+    m.count_samples(4, 64)                               # per rank: x 2 ranks
+    m.on_train_batch_end(None, None, 1)
+    assert logged["train/tokens"] == 256 and logged["train/tokens_per_s"] == 64.0
+    assert logged["train/samples_per_s"] == 4.0
+    fps = m.model.flops_per_token() * 16
+    assert logged["train/mfu"] == pytest.approx(fps * 8 / 2.0 / 1e9)
+
+
+def test_peak_flops_table(monkeypatch):
+    from lightning_modules.base import peak_bf16_flops
+    assert peak_bf16_flops(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
+    assert peak_bf16_flops(torch.device("cuda")) == 989e12      # dense, not Lightning's 2e15
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    assert peak_bf16_flops(torch.device("cuda")) == 312e12

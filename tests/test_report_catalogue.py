@@ -134,3 +134,43 @@ def test_full_tier_runs_every_cpu_sweep():
         if p.name.startswith("og_"):
             continue                    # seed 0 grid; 3 seeds at the best lr (seeds_at_best)
         assert n >= (5 if p.name.startswith(("fig1a", "fig5", "fig6")) else 3), p.name
+
+
+def probe_json(l1s, other, seed=0):
+    """A probe.json as adamrot probe writes it (its own interval functions)."""
+    from adamrot.probe.summary import one_one_summary, table1_intervals
+
+    rows = []
+    for i, (l1, o) in enumerate(zip(l1s, other)):
+        rows.append({"l1": l1, "ptype": "mlp_in" if i % 2 else "query",
+                     "blocks": {b: {"mean_abs": l1 / 10} for b in ("neuron", "layer", "other")},
+                     "contributions": {
+                         "update": {"neuron": 0.01, "layer": -0.01, "other": o, "total": o},
+                         "random": {"neuron": [0.01, -0.01], "layer": [0.02, -0.02],
+                                    "other": [o, o / 2], "total": [o, o / 2]}}})
+    return {"gradient_bound": {"value": 0.25}, "one_one_norm": one_one_summary(rows),
+            "hessian": {"rows": rows, "intervals": table1_intervals(rows)}}
+
+
+def test_summarize_probes_use_the_probes_intervals(tmp_path):
+    import json
+
+    from adamrot.probe.summary import compare_one_one
+
+    runs = tmp_path / "runs"
+    res = {"none": probe_json([1.0, 1.5, 2.0, 2.5], [0.5, 0.75, 1.0, 1.25]),
+           "global": probe_json([3.0, 3.5, 4.0, 4.5], [0.25, 0.5, 0.75, 1.0])}
+    for s, d in res.items():
+        p = runs / "fig1a_gpt2_scopes" / f"scope={s}_seed=0" / "probe" / "probe.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(d))
+    text = summarize.probes(runs)
+    oo = res["none"]["one_one_norm"]
+    assert oo["rows"] == 4 and oo["half_width"] > 0
+    assert f"| none | 0.250 | 4 | {oo['estimate']:.3g} ± {oo['half_width']:.1e} | - |" in text
+    c = compare_one_one(res["global"], res["none"])
+    assert c["mean"] == 2.0 and c["excludes"] is True
+    assert f"| global | 0.250 | 4 | 3.75 ± " in text and \
+        f"{c['mean']:.2e} ± {c['half_width']:.1e} (excludes 0: yes)" in text
+    upd = res["none"]["hessian"]["intervals"]["update"]
+    assert upd["verdict"] in text.split("| none |")[1].split("\n")[0]

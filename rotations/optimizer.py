@@ -313,6 +313,8 @@ class RotatedOptimizer(torch.optim.Optimizer):
         if self._no_grad:
             keep = [i for i, v in enumerate(views) if id(v.param) not in self._no_grad]
             views, deltas = [views[i] for i in keep], [deltas[i] for i in keep]
+        if not views:
+            return
         targets = [v.matrix(v.param.data) for v in views]
         if all(t.dtype == d.dtype for t, d in zip(targets, deltas)):
             torch._foreach_add_(targets, deltas)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Optional
 
@@ -47,6 +48,15 @@ def refuse(message: str) -> "NoReturn":  # noqa: F821
     raise SystemExit(EXIT_CONFIG_ERROR)
 
 
+def rank_label() -> Optional[str]:
+    """The rank of this process when it is not the one that launched the run (a DDP rank > 0
+    started by Lightning, torchrun or SLURM), else None."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
+        if os.environ.get(key, "0") != "0":
+            return os.environ[key]
+    return None
+
+
 def usage() -> str:
     lines = ["usage: adamrot SUBCOMMAND [options]   (adamrot SUBCOMMAND --help for its options)",
              "", "subcommands:"]
@@ -77,6 +87,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args[0] not in TRAINER_SUBCOMMANDS and not args[0].startswith("-"):
         refuse(f"unknown subcommand {args[0]!r}; choose one of "
                f"{', '.join([*TRAINER_SUBCOMMANDS, *SUBTOOLS])} (adamrot --help)")
+    from adamrot.runs import LAUNCHER_ENV, exit_with_launcher
+    rank = rank_label()
+    if rank is None:
+        os.environ[LAUNCHER_ENV] = str(os.getpid())     # inherited by the ranks it launches
+    else:
+        exit_with_launcher(rank)                        # before the heavy imports
     from adamrot.train import run
     return run(args)
 

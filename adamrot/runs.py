@@ -1,16 +1,25 @@
 """What the ``adamrot`` commands share about run directories: canonical values for comparing
-configs, and the lock that gives a directory a single writer (see ``docs/RUNS.md``)."""
+configs, the lock that gives a directory a single writer, and the watchdog that ends a DDP
+rank whose launcher died (see ``docs/RUNS.md``). Light imports only."""
 from __future__ import annotations
 
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from callbacks.files import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 
-__all__ = ["canon", "DirLock", "LockedError", "atomic_write", "atomic_torch_save"]
+__all__ = ["canon", "DirLock", "LockedError", "atomic_write", "atomic_torch_save",
+           "exit_with_launcher", "EXIT_PEER_LOST", "LAUNCHER_ENV"]
+
+#: exit status of a DDP rank that lost its launcher (the process that started it died)
+EXIT_PEER_LOST = 4
+#: environment variable with the pid of the process that launched the ranks of a run
+LAUNCHER_ENV = "ADAMROT_LAUNCHER_PID"
 
 
 def canon(v: Any) -> str:
@@ -92,3 +101,30 @@ class DirLock:
     def __exit__(self, *exc) -> bool:
         self.release()
         return False
+
+
+def exit_with_launcher(rank: str, interval_s: float = 1.0) -> threading.Thread:
+    """Exit (status :data:`EXIT_PEER_LOST`) as soon as the process that launched this rank is
+    gone — at once if it already is. For ranks > 0, started first thing: Lightning's ``ddp``
+    launcher starts ranks 1… as children of rank 0 (which sets :data:`LAUNCHER_ENV`), and a
+    rank whose rank 0 died would otherwise wait in the rendezvous or a collective until its
+    timeout (30 min). Under torchrun or SLURM the parent at start is the launcher. Only rank 0
+    writes checkpoints, so the run's files stay as the last completed save left them."""
+    expected = os.environ.get(LAUNCHER_ENV)
+    parent = int(expected) if expected and expected.isdigit() else os.getppid()
+
+    def gone() -> None:
+        sys.stderr.write(f"adamrot: error: rank {rank} lost its launcher (pid {parent} exited); "
+                         "exiting. The run's checkpoints are as the last save left them: run "
+                         "the same command to resume.\n")
+        sys.stderr.flush()
+        os._exit(EXIT_PEER_LOST)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                gone()
+            time.sleep(interval_s)
+    thread = threading.Thread(target=watch, name="adamrot-launcher-watchdog", daemon=True)
+    thread.start()
+    return thread

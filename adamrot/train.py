@@ -25,11 +25,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from adamrot import resume as rs
 from adamrot.checks import check_optimizer
-from adamrot.cli import EXIT_CONFIG_ERROR, EXIT_NONFINITE, ConfigError, refuse
+from adamrot.cli import EXIT_CONFIG_ERROR, EXIT_NONFINITE, ConfigError, rank_label, refuse
 from adamrot.runs import DirLock, LockedError
 from callbacks.checkpoint_io import AtomicCheckpointIO, RunState
 from callbacks.nonfinite import NonFiniteError, NonFiniteGuard
-from callbacks.preemption import EXIT_PREEMPTED, PeerWatchdog, PreemptionCheckpoint
+from callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
 from callbacks.rank_check import RankAgreementCheck
 from callbacks.step_seed import StepSeed
 
@@ -104,9 +104,8 @@ def _inside(path: Any, root: Path) -> bool:
 
 
 def _launcher() -> bool:
-    """Whether this process is the one that owns the run directory (not a DDP child rank)."""
-    return all(os.environ.get(k, "0") == "0"
-               for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+    """Whether this process owns the run directory (not a DDP rank > 0)."""
+    return rank_label() is None
 
 
 def _snapshot(root: Path) -> Optional[set[str]]:
@@ -256,7 +255,7 @@ class AdamrotCLI(LightningCLI):
         dump = self._dump()
         self._run_state = RunState({"model": dump.get("model"), "data": dump.get("data")})
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-        extra += [self._run_state, PeerWatchdog()]
+        extra.append(self._run_state)
         if sub == "fit" and self._resume is not None:
             extra.append(rs.ResumeRecord(self._resume, str(self.run_dir())))
         return self._instantiate_trainer(config, extra)

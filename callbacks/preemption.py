@@ -1,12 +1,10 @@
 """Stopping a run without losing it: SIGTERM (preemption) saves ``last.ckpt`` at the end of
-the current optimizer step and exits 143; a DDP rank whose launcher died exits instead of
-hanging in a collective (docs/RUNS.md)."""
+the current optimizer step and the run exits 143 (docs/RUNS.md)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import sys
 import threading
 from typing import Optional
 
@@ -16,12 +14,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from callbacks.checkpoint_io import last_checkpoint_path
 
-__all__ = ["PreemptionCheckpoint", "PeerWatchdog", "EXIT_PREEMPTED", "EXIT_PEER_LOST"]
+__all__ = ["PreemptionCheckpoint", "EXIT_PREEMPTED"]
 
 #: exit status of a run stopped by SIGTERM after saving ``last.ckpt`` (128 + SIGTERM)
 EXIT_PREEMPTED = 128 + signal.SIGTERM
-#: exit status of a DDP rank that lost its launcher (the process that started it died)
-EXIT_PEER_LOST = 4
 
 
 class PreemptionCheckpoint(Callback):
@@ -119,42 +115,3 @@ class PreemptionCheckpoint(Callback):
             connector.received_sigterm = True
         else:
             raise SIGTERMException()
-
-
-class PeerWatchdog(Callback):
-    """A rank > 0 of a multi-process run exits (status :data:`EXIT_PEER_LOST`) as soon as the
-    process that launched it is gone, instead of waiting in a collective for its dead peer
-    (Lightning's ``ddp`` launcher starts ranks 1… as children of rank 0; torchrun's agent and
-    SLURM's step daemon are parents too). Only rank 0 writes checkpoints, so the run's files
-    are left as the last completed save left them. A rank that dies while rank 0 lives is
-    handled by Lightning (its launcher kills the others).
-    """
-
-    def __init__(self, enabled: bool = True, interval_s: float = 1.0):
-        self.enabled = enabled
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.enabled or trainer.world_size < 2 or trainer.global_rank == 0 \
-                or self._thread is not None:
-            return
-        parent, rank = os.getppid(), trainer.global_rank
-        self._stop.clear()
-
-        def watch() -> None:
-            while not self._stop.wait(self.interval_s):
-                if os.getppid() != parent:
-                    sys.stderr.write(
-                        f"adamrot: error: rank {rank} lost its launcher (pid {parent} exited); "
-                        "exiting. The run's checkpoints are as the last save left them: run the "
-                        "same command to resume.\n")
-                    sys.stderr.flush()
-                    os._exit(EXIT_PEER_LOST)
-        self._thread = threading.Thread(target=watch, name="adamrot-peer-watchdog", daemon=True)
-        self._thread.start()
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._stop.set()
-        self._thread = None

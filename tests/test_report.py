@@ -266,7 +266,7 @@ def test_report_end_to_end(sweep_dir, tmp_path, capsys):
     assert ("| scope=layer | 1 | 3.2500 (1 seed) | 3.2500 (1 seed) | 0.2500 (1 seed) | "
             "+0.2500 (1 seed) | - | 3.0000 | never reached | never reached (1 seed) | "
             "+100.0% (1 seed) |") in md
-    assert "scope=layer: one seed, no interval" in md
+    assert "one seed, no interval: scope=layer" in md
     # csv numbers exact
     rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
     assert list(rows) == ["scope=none", "scope=global", "scope=layer"]

@@ -164,8 +164,6 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
         unfinished = [r.name for r in c.runs if r.status not in (None, "finished")]
         if unfinished:
             notes.append(f"{where}: run(s) not finished: {', '.join(unfinished)}")
-        if len(c.runs) == 1:
-            notes.append(f"{where}: one seed, no interval")
         if has_slowdown:
             row.update({k: None for k in columns if k not in row})
             row["slowdown"] = ""
@@ -173,6 +171,10 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
             if b is not None:
                 _compare_row(row, c, b, metric, smooth, mode, level, notes, where)
         rows.append(row)
+    single = [c.label + (f" [{c.group}]" if c.group else "") for c in cells if len(c.runs) == 1]
+    if single:
+        notes.append(f"one seed, no interval: {'; '.join(single[:8])}"
+                     + (f" (+{len(single) - 8} more)" if len(single) > 8 else ""))
     for c in cells:   # the baselines' own flatness: the slowdown is read where it converged
         if id(c) in base_ids:
             r = rows[cells.index(c)]

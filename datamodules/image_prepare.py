@@ -17,10 +17,11 @@ from typing import Iterator
 import numpy as np
 
 from datamodules.corpus import DataError
+from datamodules.imagenet import (IMG_EXTENSIONS, check_folder_tree, expand_files,
+                                  parquet_num_classes)
 from datamodules.prepare import prepare_once, run_parts
 
 CHUNK_BYTES = "64MB"
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def check_image(data: bytes, name: str) -> None:
@@ -110,8 +111,6 @@ def prepare_images(kind: str, splits: dict, out: str | None = None, cache_dir: s
 def prepare_image_manifest(kind, splits, out=None, cache_dir=None, workers=1, progress=False,
                            image_column="image", label_column="label", num_classes=None):
     """:func:`prepare_images`, returning ``(directory, manifest)``."""
-    from datamodules.imagenet import check_folder_tree, expand_files, parquet_num_classes
-
     if kind == "imagefolder":
         root = str(Path(splits["train"]).parent)
         classes = check_folder_tree(root, Path(splits["train"]).name, Path(splits["val"]).name)

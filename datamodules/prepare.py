@@ -84,7 +84,7 @@ class TextCorpus:
 
 # -- the parallel writer ----------------------------------------------------------------
 
-def _token_arrays(texts: Iterable[str], tokenizer, dtype) -> Iterator[tuple[str, np.ndarray]]:
+def _token_arrays(texts: Iterable[str], tokenizer) -> Iterator[tuple[str, np.ndarray]]:
     batch: list[str] = []
     for text in texts:
         batch.append(text)
@@ -105,10 +105,13 @@ def _write_part(job: dict) -> dict:
     tokenizer = build_tokenizer(job["tokenizer"], job["ranks_file"])
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     writers = {}
-    for split in ("train", "val"):
-        writers[split] = BinaryWriter(os.path.join(job["out"], split), chunk_size=CHUNK_TOKENS,
-                                      item_loader=TokensLoader())
-        writers[split]._rank = job["part"]      # chunk-<part>-<i>.bin, <part>.index.json
+
+    def writer(split: str) -> BinaryWriter:     # made on first use: no empty index files
+        if split not in writers:
+            writers[split] = BinaryWriter(os.path.join(job["out"], split),
+                                          chunk_size=CHUNK_TOKENS, item_loader=TokensLoader())
+            writers[split]._rank = job["part"]  # chunk-<part>-<i>.bin, <part>.index.json
+        return writers[split]
     if "texts" in job:                          # in-memory corpus: split decided up front
         texts, heldout = job["texts"], iter(job["heldout"])
         side = lambda text: next(heldout)       # noqa: E731
@@ -120,19 +123,19 @@ def _write_part(job: dict) -> dict:
         side = lambda text: C.holdout_score(text) < job["val_fraction"]  # noqa: E731
     stats = {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
     report, pending = job.get("report"), 0
-    for i, (text, ids) in enumerate(_token_arrays(texts, tokenizer, dtype)):
+    for i, (text, ids) in enumerate(_token_arrays(texts, tokenizer)):
         split = "val" if side(text) else "train"
         tokens = np.empty(len(ids) + 1, dtype=dtype)
         tokens[:-1], tokens[-1] = ids, tokenizer.eot_token
-        writers[split].add_item(stats[f"{split}_documents"], torch.from_numpy(tokens))
+        writer(split).add_item(stats[f"{split}_documents"], torch.from_numpy(tokens))
         stats[f"{split}_documents"] += 1
         stats[f"{split}_tokens"] += len(tokens)
         pending += len(tokens)
         if report is not None and pending >= 1 << 20:
             report(pending)
             pending = 0
-    for writer in writers.values():
-        writer.done()
+    for w in writers.values():
+        w.done()
     if report is not None and pending:
         report(pending)
     return stats

@@ -15,7 +15,7 @@ import contextlib
 import math
 import signal
 import weakref
-from typing import Iterator, Literal
+from typing import Literal
 
 import lightning as L
 import torch

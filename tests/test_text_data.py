@@ -127,7 +127,8 @@ def write_parquet_parts(directory, n_files=2, rows=40):
     for f in range(n_files):
         part = [f"part {f} row {r}: " + "lorem ipsum " * (r % 7 + 1) for r in range(rows)]
         part[3] = ""  # empty documents are dropped
-        pq.write_table(pa.table({"text": part}), directory / f"train-{f:05d}-of-{n_files:05d}.parquet")
+        name = f"train-{f:05d}-of-{n_files:05d}.parquet"
+        pq.write_table(pa.table({"text": part}), directory / name)
         texts += [t for t in part if t]
     return texts
 

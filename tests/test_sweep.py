@@ -41,7 +41,9 @@ FAKE_TRAINER = textwrap.dedent(
            "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NODELIST")
     os.makedirs(os.path.join(root, "checkpoints"), exist_ok=True)
     with open(os.path.join(root, "calls.jsonl"), "a") as f:
+        resumed = open(kv["ckpt_path"]).read() if "ckpt_path" in kv else None
         f.write(json.dumps({"argv": args, "kv": kv, "configs": configs, "pid": os.getpid(),
+                            "resumed_from": resumed,
                             "env": {k: os.environ.get(k) for k in ENV}}) + "\\n")
     print("fake trainer running", name, flush=True)
     if listed("FAKE_FAIL") or kv.get("fake.fail") == "true":

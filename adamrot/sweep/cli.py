@@ -92,6 +92,7 @@ def run_sweep(spec: SweepSpec, *, opts: LaunchOptions | None = None, only_failed
                 from adamrot.sweep.submit import refresh, run_jobs
 
                 refresh(sw)
+                sw.save()
                 todo, _ = plan(sw, only_failed)
                 n_run = run_jobs(sw, todo, opts, slots, {k: base_env[k] for k in (
                     "PYTHONUNBUFFERED", "ADAMROT_SWEEP_NAME")})

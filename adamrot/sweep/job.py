@@ -38,14 +38,17 @@ def _preempt_signal() -> signal.Signals:
 class RunJob(Checkpointable):
     """``RunJob(cmd, run_dir, env)()``: run ``cmd`` (+ ``--ckpt_path last.ckpt`` if the run has
     one) on every task of the job; rank 0 writes ``run.log`` and ``job.json``, the other ranks
-    ``run.rank<R>.log``. Lightning takes the DDP ranks from SLURM's task variables."""
+    ``run.rank<R>.log``. Lightning takes the DDP ranks from SLURM's task variables. Paths are
+    relative to the directory the sweep was started in (``cwd``)."""
 
-    def __init__(self, cmd: list[str], run_dir: str, env: dict[str, str]):
+    def __init__(self, cmd: list[str], run_dir: str, env: dict[str, str], cwd: str | None = None):
         self.cmd, self.run_dir, self.env = list(cmd), str(run_dir), dict(env)
+        self.cwd = cwd or os.getcwd()
 
     def __call__(self) -> int:
         job = submitit.JobEnvironment()
         rank = job.global_rank
+        os.chdir(self.cwd)
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         ck = resume_checkpoint(run_dir) if rank == 0 else (

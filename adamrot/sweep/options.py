@@ -130,17 +130,23 @@ def _check(key: str, value: Any, where: str) -> Any:
 
 
 def resolve_launch(section: Mapping[str, Any], flags: Mapping[str, Any]) -> LaunchOptions:
-    """The sweep file's ``launch:`` values, overridden by the flags given (``None`` = not given)."""
+    """The sweep file's ``launch:`` values, overridden by the flags given (``None`` = not given;
+    ``--setup`` and ``--slurm-opt`` add to the file's)."""
     unknown = [k for k in section if k not in LAUNCH_KEYS]
     if unknown:
         raise SweepConfigError(f"launch: unknown key(s) {', '.join(map(repr, unknown))}; "
                                f"allowed: {', '.join(LAUNCH_KEYS)}")
     values: dict[str, Any] = {}
     for key in LAUNCH_KEYS:
-        if flags.get(key) not in (None, [], {}):
-            values[key] = _check(key, flags[key], "--" + key.replace("_", "-"))
-        elif section.get(key) is not None:
+        if section.get(key) is not None:
             values[key] = _check(key, section[key], f"launch.{key}")
+        if flags.get(key) not in (None, [], {}):
+            flag = _check(key, flags[key], "--" + key.replace("_", "-"))
+            if key == "setup":           # lines and options add up; other flags replace
+                flag = values.get(key, []) + flag
+            elif key == "slurm_opts":
+                flag = {**values.get(key, {}), **flag}
+            values[key] = flag
     opts = LaunchOptions(**values)
     if opts.launcher != "slurm":
         given = [f.name for f in fields(LaunchOptions) if f.name in values

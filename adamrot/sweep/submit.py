@@ -31,7 +31,8 @@ MAX_TIMEOUT_REQUEUES = 20
 SIGNAL_DELAY_S = 180
 #: the local executor's time limit when --time is not given (minutes)
 LOCAL_TIME_MIN = 60 * 24 * 30
-POLL_S = {"local": 0.5, "slurm": 30.0}
+#: seconds between looks at the jobs while waiting: from 0.5 s, doubling up to this, reset on news
+POLL_MAX_S = {"local": 2.0, "slurm": 60.0}
 _SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING",
                  "RESIZING", "SUSPENDED"}
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -171,14 +172,15 @@ def submit_one(sw: Sweep, ex: submitit.Executor, opts: LaunchOptions, t: Todo,
 
 def run_jobs(sw: Sweep, todo: list[Todo], opts: LaunchOptions,
              slots: list[list[str] | None], env: dict[str, str]) -> int:
-    """Submit ``todo`` (at most ``len(slots)`` jobs live at once) and, if the options say so,
-    wait for all of them; return the number submitted."""
+    """Submit ``todo`` (at most ``len(slots)`` jobs live at once, counting those still live from
+    earlier calls; the entries are up to date, see :func:`refresh`) and, if the options say
+    so, wait for all of them; return the number submitted."""
     ex = make_executor(opts, sw.out_dir)
     handles: dict[str, submitit.Job] = {}
-    live = refresh(sw)
+    live = [e for e in sw.index["runs"] if e["status"] in ("queued", "running")]
     free = [s for s in range(len(slots)) if s >= len(live)]
     slot_of: dict[str, int] = {}
-    n = 0
+    n, poll = 0, 0.5
     try:
         while True:
             while todo and free:
@@ -190,15 +192,17 @@ def run_jobs(sw: Sweep, todo: list[Todo], opts: LaunchOptions,
                 break
             before = {e["name"]: e["status"] for e in sw.index["runs"]}
             live = refresh(sw, handles)
+            poll = min(2 * poll, POLL_MAX_S[opts.launcher])
             for e in sw.index["runs"]:
                 if before[e["name"]] != e["status"]:
+                    poll = 0.5
                     _announce(sw, e)
                     if e["name"] in slot_of and e["name"] not in live:
                         free.append(slot_of.pop(e["name"]))
             sw.save()
             if not live and not todo:
                 break
-            time.sleep(POLL_S[opts.launcher])
+            time.sleep(poll)
     except KeyboardInterrupt:
         _interrupted(sw, opts, handles)
         raise

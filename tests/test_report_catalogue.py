@@ -33,7 +33,8 @@ def gpt_config(scope, seed, max_steps=400, **opt):
             "model": {"class_path": "lightning_modules.gpt.GPTLightningModule",
                       "init_args": {"rotation": {"scope": scope, "only": None, "block_size": 768},
                                     "optimizer": {"class_path": opt.pop("cls", "torch.optim.AdamW"),
-                                                  "init_args": {"lr": 3e-3, **opt}}}}}
+                                                  "init_args": {"lr": opt.pop("lr", 3e-3),
+                                                                **opt}}}}}
 
 
 FINAL = {"none": 2.0, "outputwise": 2.0, "global": 2.5, "svd": 1.875}
@@ -87,7 +88,7 @@ def og_runs(root: Path, finals: dict[str, list[float]]) -> None:
         cls, args, _ = og.OPTIMIZERS[tag]
         for lr, v in zip(og.CPU_LRS[tag], vals):
             write_run(root / "og_optimizers" / f"{tag}_lr={lr:g}_seed=0",
-                      gpt_config("none", 0, cls=cls, **args) | {},
+                      gpt_config("none", 0, cls=cls, lr=lr, **args),
                       {"val/loss": [(150, v + 1), (300, v)]})
 
 
@@ -174,3 +175,26 @@ def test_summarize_probes_use_the_probes_intervals(tmp_path):
         f"{c['mean']:.2e} ± {c['half_width']:.1e} (excludes 0: yes)" in text
     upd = res["none"]["hessian"]["intervals"]["update"]
     assert upd["verdict"] in text.split("| none |")[1].split("\n")[0]
+
+
+def test_og_ranking_at_best_lr_with_intervals(tmp_path):
+    """Seed 0 on the grid plus seeds 1, 2 at the best lr: the ranking lists the 3-seed labels,
+    best first, with paired differences to the best."""
+    runs = tmp_path / "runs"
+    best = {"adam": (2, 2.25), "rmsprop": (2, 2.5)}      # (index of the best lr, final loss)
+    for tag, (ib, v) in best.items():
+        cls, args, _ = og.OPTIMIZERS[tag]
+        for i, lr in enumerate(og.CPU_LRS[tag]):
+            seeds = (0, 1, 2) if i == ib else (0,)
+            for seed in seeds:
+                sub = "og_optimizers" if seed == 0 else "og_optimizers_seeds"
+                f = (v if i == ib else v + 0.5) + {0: -0.125, 1: 0.0, 2: 0.125}[seed]
+                write_run(runs / sub / f"{tag}_lr={lr:g}_seed={seed}",
+                          gpt_config("none", seed, cls=cls, lr=lr, **args), {"val/loss": [(300, f)]})
+    text = summarize.report("og_optimizers", runs, None, tmp_path)
+    rank = text.split("| rank |")[1]
+    half = st.t.ppf(0.975, 2) * st.sem([2.125, 2.25, 2.375])
+    lines = [x for x in rank.splitlines() if x.startswith("| 1 ") or x.startswith("| 2 ")]
+    assert "betas=[0.95,0.95]" in lines[0] and f"| 3 | 2.2500 ± {half:.4f} |" in lines[0]
+    assert "betas=[0.0,0.95]" in lines[1] and "| +0.2500 ± 0.0000 | yes |" in lines[1]
+    assert "not interior" not in text.split("| optimizer | setting |")[1].split("| rank |")[0]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from adamrot import report as rp
+from adamrot.report.tables import pm
 from adamrot.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -117,7 +118,7 @@ def ranking(s: rp.Summary) -> str:
     """The labels with at least 3 seeds (each optimizer at its best lr), best first, each with
     its difference to the best (paired by seed)."""
     cells = [(c, r) for c, r in zip(s.cells, s.rows) if r["n_seeds"] >= 3
-             and r["final_val_loss_mean"] is not None]
+             and r["final_val_loss_mean"] is not None and np.isfinite(r["final_val_loss_mean"])]
     if not cells:
         return "_no optimizer has 3 seeds at its best lr yet_\n"
     cells.sort(key=lambda t: t[1]["final_val_loss_mean"])
@@ -130,7 +131,7 @@ def ranking(s: rp.Summary) -> str:
             f" ± {d.half_width:.4f}" if d.has_interval else " (1 seed)")
         exc = "-" if d is None or not d.has_interval else ("yes" if d.excludes_zero else "no")
         lines.append(f"| {i} | {c.label} | {r['n_seeds']} | "
-                     f"{r['final_val_loss_mean']:.4f} ± {r['final_val_loss_ci95']:.4f} | "
+                     f"{pm(r['final_val_loss_mean'], r['final_val_loss_ci95'], r['n_seeds'])} | "
                      f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | {exc} |")
     return "\n".join(lines) + "\n"
 

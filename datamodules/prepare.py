@@ -223,9 +223,10 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
     object-store URL (written locally first, then uploaded, manifest last)."""
     key = _key({"format": FORMATS[kind], **material})
     out = str(out) if out is not None else str(Path(cache_dir or default_cache_dir()) / key)
-    remote = "://" in out and not out.startswith("file://")
-    local = Path(tempfile.mkdtemp(prefix="adamrot-prepare-")) if remote else Path(out)
-    with _locked(local):
+    if out.startswith("file://"):
+        out = out[len("file://"):]
+    remote = "://" in out
+    with _staging(out, remote) as local, _locked(local):
         try:
             manifest = read_manifest(out, kind)
         except PreparedError:
@@ -240,16 +241,26 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
         if log:
             log(f"preparing into {out}")
         manifest = {"format": FORMATS[kind], "kind": kind, "key": key, **build(local)}
-        from litdata.streaming.writer import BinaryWriter
-        for split in ("train", "val"):         # <part>.index.json files -> index.json
-            BinaryWriter(str(local / split), chunk_size=1)._merge_no_wait()
+        _merge_indexes(local)
         tmp = local / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.replace(tmp, local / MANIFEST)
         if remote:
             _upload(local, out)
-            shutil.rmtree(local, ignore_errors=True)
     return out, manifest
+
+
+@contextlib.contextmanager
+def _staging(out: str, remote: bool) -> Iterator[Path]:
+    """Where to write: ``out`` itself, or a temporary directory uploaded to a remote ``out``."""
+    if not remote:
+        yield Path(out)
+        return
+    local = Path(tempfile.mkdtemp(prefix="adamrot-prepare-"))
+    try:
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str | None = None,
@@ -290,6 +301,13 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
                 "val_fraction": val_fraction, "corpus_hash": content, **totals}
 
     return prepare_once("text", material, build, out, cache_dir, log)
+
+
+def _merge_indexes(local: Path) -> None:
+    """The workers' ``<part>.index.json`` files -> one ``index.json`` per split."""
+    from litdata.streaming.writer import BinaryWriter
+    for split in ("train", "val"):
+        BinaryWriter(str(local / split), chunk_size=1)._merge_no_wait()
 
 
 def _clear_unfinished(directory: Path) -> None:

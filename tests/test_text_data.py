@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from adamrot.prepare import main as prepare_main
+from datamodules import prepare as prepare_module
 from datamodules import text as text_module
 from datamodules.corpus import (
     DataError,
@@ -283,12 +284,36 @@ def test_prepare_is_idempotent_and_redoes_an_interrupted_run(tmp_path, monkeypat
     _, again = prepare_text(corpus, out=out)
     assert again == first
 
+    real = prepare_module._merge_indexes   # killed after writing chunks, before the merge
+
+    def killed(*a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_module, "_merge_indexes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_text(corpus, out=tmp_path / "killed")
+    assert list((tmp_path / "killed" / "train").glob("chunk-*.bin"))
+    assert not (tmp_path / "killed" / MANIFEST).exists()
+    monkeypatch.setattr(prepare_module, "_merge_indexes", real)
+    assert prepare_text(corpus, out=tmp_path / "killed")[1]["key"] == first["key"]
+    assert TextDataModule(prepared=str(tmp_path / "killed")).describe()["documents"] == 40
+
     other = TextCorpus("local", (str(tagged_corpus(tmp_path / "d.jsonl", n=30, seed=1)),))
     with pytest.raises(PreparedError, match=f"{out}: holds another prepared text dataset"):
         prepare_text(other, out=out)
     with pytest.raises(PreparedError, match="holds another"):
         prepare_text(corpus, out=out, tokenizer="gpt2",
                      ranks_file=str(tiny_ranks(tmp_path)))
+
+
+def test_prepare_to_an_object_store_url_writes_the_manifest_last(tmp_path):
+    """An fsspec URL (``memory://`` standing in for ``s3://``): written locally, uploaded."""
+    import fsspec
+
+    corpus = TextCorpus("local", (str(tagged_corpus(tmp_path / "c.jsonl", n=40)),))
+    url, manifest = prepare_text(corpus, out="memory://bucket/prepared")
+    fs = fsspec.filesystem("memory")
+    assert fs.isfile("/bucket/prepared/train/index.json") and read_manifest(url) == manifest
+    assert prepare_text(corpus, out=url)[1] == manifest                  # idempotent there too
 
 
 def tiny_ranks(tmp_path):

@@ -168,7 +168,7 @@ class AdamrotCLI(LightningCLI):
     def output_dir(self) -> Path:
         """Where this command writes: the run directory (``fit``) or ``DIR/validate|test``."""
         sub, _ = self._sub()
-        return self.run_dir() if sub == "fit" else self.run_dir() / sub
+        return self.run_dir() if sub in (None, "fit") else self.run_dir() / sub
 
     def _dump(self) -> dict:
         sub, _ = self._sub()

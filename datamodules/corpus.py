@@ -84,7 +84,8 @@ def split_heldout(texts: Sequence[str], val_fraction: float, min_bytes: int,
     """Boolean mask of the held-out documents of an in-memory corpus.
 
     Documents are held out in increasing :func:`holdout_score` order, skipping any that would
-    take the held-out bytes above twice the target ``max(val_fraction * bytes, min_bytes)``,
+    take the held-out bytes above twice the target
+    ``max(val_fraction * bytes, min(min_bytes, bytes / 4))``,
     until the target is reached; if skipping cannot reach it, the shortest score-order prefix
     that does. At least one document stays on each side.
     """
@@ -94,7 +95,7 @@ def split_heldout(texts: Sequence[str], val_fraction: float, min_bytes: int,
                         "split needs at least 2")
     sizes = np.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], dtype=np.int64)
     order = np.argsort([holdout_score(t) for t in texts], kind="stable")
-    target = max(val_fraction * float(sizes.sum()), min(min_bytes, sizes.sum() / 2))
+    target = max(val_fraction * float(sizes.sum()), min(min_bytes, sizes.sum() / 4))
     chosen, held = [], 0
     for j in order:
         if held + sizes[j] <= 2 * target:

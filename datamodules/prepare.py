@@ -29,7 +29,7 @@ from datamodules.tokenizers import build_tokenizer
 FORMATS = {"text": "adamrot-prepared-text-v1", "images": "adamrot-prepared-images-v1"}
 MANIFEST = "adamrot_prepared.json"
 CHUNK_TOKENS = 1 << 23          # tokens per litdata chunk (windows are shuffled within one)
-MIN_VAL_BYTES = 64 * 1024       # in-memory corpora hold out at least this much text
+MIN_VAL_BYTES = 16 * 1024       # in-memory corpora hold out at least this (<= 1/4 of them)
 SOURCES = ("embedded", "local", "hub")
 
 

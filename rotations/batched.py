@@ -455,6 +455,7 @@ class GlobalBucket(_FlatBucket):
         super().__init__(units, device, dtype)
         self.R = BlockStack([units[0].R], device=self.device, dtype=dtype)
         self.R.precompute("last", 1)
+        units[0].R.release()
 
     def _rotate(self, X):
         return self.R.rotate_last(X.view(1, 1, -1)).view(-1)

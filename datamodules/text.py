@@ -182,15 +182,13 @@ class TextDataModule(L.LightningDataModule):
         self.val_windows: torch.Tensor | None = None    # (N, block_size + 1), all ranks
         self._loader: TrainLoader | None = None
         self._train_batches = 0
-        if self.corpus is not None and source != "hub":
-            self.prepare_data()     # small corpora: bad content is refused at instantiation
 
     # -- preparation -------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Prepare the corpus into the cache unless done (a no-op when it is). Embedded and
-        local corpora are prepared at instantiation; a hub corpus here (local rank 0; the
-        others wait), slowly: ``adamrot prepare hub --workers N`` first is faster."""
+        """Prepare the corpus into the cache unless done (a no-op when it is; local rank 0,
+        the others wait; :meth:`setup` calls it too). Bad content is refused here, before
+        training. A large hub corpus is faster with ``adamrot prepare hub --workers N``."""
         if self.path is None:
             hp = self.hparams
             if hp.source == "hub":

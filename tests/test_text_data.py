@@ -187,8 +187,8 @@ def bad_files(tmp_path) -> dict:
 
 def test_bad_content_is_refused_naming_file_and_line(tmp_path, capsys):
     for path, message in bad_files(tmp_path).items():
-        with pytest.raises(ValueError) as e:              # at instantiation: before training
-            TextDataModule(source="local", paths=[str(path)], block_size=16)
+        with pytest.raises(ValueError) as e:              # while setting up: before training
+            TextDataModule(source="local", paths=[str(path)], block_size=16).setup("fit")
         assert str(e.value).startswith(message), (str(e.value), message)
         assert prepare_main(["local", str(path), "--out", str(tmp_path / "out" / path.stem),
                              "--no-progress"]) == 2

@@ -198,3 +198,17 @@ def test_og_ranking_at_best_lr_with_intervals(tmp_path):
     assert "betas=[0.95,0.95]" in lines[0] and f"| 3 | 2.2500 ± {half:.4f} |" in lines[0]
     assert "betas=[0.0,0.95]" in lines[1] and "| +0.2500 ± 0.0000 | yes |" in lines[1]
     assert "not interior" not in text.split("| optimizer | setting |")[1].split("| rank |")[0]
+
+
+def test_fig1a_run_names_match_what_the_tables_read():
+    """summarize.py, probes.yaml and run_cpu_twins.sh address fig1a runs as scope=S_seed=N."""
+    from adamrot import sweep
+
+    spec = sweep.load_spec(str(ROOT / "configs/paper/cpu/fig1a_gpt2_scopes.sweep.yaml"))
+    names = {r.name for r in sweep.expand_runs(spec)}
+    assert names == {f"scope={s}_seed={n}" for s in
+                     ("none", "outputwise", "inputwise", "layerwise", "global", "svd")
+                     for n in range(5)}
+    cpu = yaml.safe_load((ROOT / "configs/paper/probes.yaml").read_text())["cpu"]
+    for e in cpu["experiments"].values():
+        assert set(e["runs"]) <= names

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-
 from adamrot.runs import canon
 from adamrot.sweep import short_keys, value_label
 
@@ -139,13 +138,13 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
                          level)
             row[stem + "_mean"] = iv.value if iv.n else None
             row[stem + "_ci95"] = iv.half_width
-        cut = {r.name: r.truncated(tag) for r in c.runs for _, tag in finals[:2] + [("", metric)]
-               if r.truncated(tag) is not None}
+        cut = {r.name: step for r in c.runs for _, tag in finals[:2] + [("", metric)]
+               if (step := r.truncated(tag)) is not None}
         row["truncated"] = ";".join(sorted(cut))
+        max_steps = {r.name: r.config.get("trainer.max_steps") for r in c.runs}
         for name, step in sorted(cut.items()):
             msg = (f"{where}: run {name} stops at step {step} before trainer.max_steps "
-                   f"{runs_max_steps(c, name)}: its last value is mid-curve, not final "
-                   f"(marked {TRUNC})")
+                   f"{max_steps[name]}: its last value is mid-curve, not final (marked {TRUNC})")
             warnings.warn(msg)
             notes.append(msg)
         curves = [x for x in (r.curve(metric) for r in c.runs) if x is not None]
@@ -189,10 +188,6 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
                    shorts=shorts, metric=metric, mode=mode, smooth=smooth, rows=rows,
                    columns=columns, baselines=bmap, finals=finals, has_slowdown=has_slowdown,
                    notes=notes)
-
-
-def runs_max_steps(c: LabelGroup, name: str) -> Any:
-    return next((r.config.get("trainer.max_steps") for r in c.runs if r.name == name), "?")
 
 
 def _compare_row(row, c, b, metric, smooth, mode, level, notes, where) -> None:

@@ -75,7 +75,7 @@ class AdamrotParser(LightningArgumentParser):
         if not self.exit_on_error:
             return super().error(message, ex)
         sub = getattr(ex, "subcommand_parser", None) or self
-        prog = sub.prog.replace(" [options]", "").replace("cli.py", "adamrot")
+        prog = sub.prog.replace(" [options]", "")
         sys.stderr.write(f"adamrot: error: {summarize_parse_error(message)}\n"
                          f"  (all options: {prog} --help)\n")
         raise SystemExit(EXIT_CONFIG_ERROR)
@@ -133,6 +133,7 @@ class AdamrotCLI(LightningCLI):
         kwargs.setdefault("parser_class", AdamrotParser)
         kwargs.setdefault("save_config_callback", RunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"prog": "adamrot"})
         self._resume: Optional[rs.Resume] = None
         self._run_state: Optional[RunState] = None
         super().__init__(*args, **kwargs)
@@ -236,7 +237,10 @@ class AdamrotCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except SETUP_ERRORS as e:
-            raise ConfigError(str(e)) from e
+            message = str(e)
+            if "Does not validate" in message or "Parser key" in message:
+                message = summarize_parse_error(message)     # jsonargparse's nesting
+            raise ConfigError(message) from e
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with this run's logger, :class:`AtomicCheckpointIO` unless another
@@ -338,6 +342,8 @@ class AdamrotCLI(LightningCLI):
 def run(args: list[str]) -> int:
     """Run ``adamrot fit|validate|test ARGS``; returns the exit status (SystemExit(2) for
     refused input)."""
+    if list(args) == sys.argv[1:]:
+        args = None                    # LightningCLI reads sys.argv itself (no warning)
     try:
         AdamrotCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
                    subclass_mode_data=True, args=args, auto_configure_optimizers=False)

@@ -1,72 +1,58 @@
-"""Rotation overhead: one rotated-AdamW optimizer step per scope vs ``torch.optim.AdamW``
-(foreach, and fused where available), measured in the same run on the same parameter set,
-plus the overhead on a whole training step of a small GPT.
+"""Rotation overhead per scope: optimizer step time against torch AdamW (fused and foreach),
+bytes per parameter of optimizer state (including what ``state_dict()`` does not show) and
+peak memory, on the same GPT parameter set (docs/ROTATIONS.md).
 
-    python -m benchmarks.rotation_overhead                    # GPT-2-124M-shaped parameters
-    python -m benchmarks.rotation_overhead --model small      # quicker on a CPU
-    python -m benchmarks.rotation_overhead --device cuda
-    python -m benchmarks.rotation_overhead --model small --threads 2 --repeat 5
+    python -m benchmarks.rotation_overhead                         # small and 124M shapes
+    python -m benchmarks.rotation_overhead --models small --threads 2 --repeat 5
+    python -m benchmarks.rotation_overhead --baseline /path/to/old/checkout   # before/after
+    python -m benchmarks.rotation_overhead --train                  # + whole training step
 
-Prints the device, then every scope's step time and its ratio to foreach AdamW and to fused
-AdamW (where this device has it), all measured in one run (median of ``--repeat`` calls).
-On a Linux CPU, glibc hands large freed blocks back to the OS, so every step's
-temporaries page-fault afresh (this slows plain foreach AdamW too); set
-``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296`` to measure without it.
-
-Rotating and unrotating cost about ``4·n`` fp32 flops per parameter (``n`` = the block size,
-or the row / column / layer length where that is shorter; full ``Uᵀ G V`` products for svd),
-on top of the memory-bound AdamW step: on a CPU every scope but ``none`` is bound by fp32
-GEMM throughput. The targets (on a GPU) are ≤ 3x a fused AdamW step for the optimizer step
-and ≤ 1% of a 480x1024-token training step.
+Every row is measured in a fresh child process (so peak memory is that row's own), median
+of ``--repeat`` steps after two warm-up steps, on random gradients. With ``--baseline DIR``
+(a directory holding an older ``rotations/`` package) each row is measured with the older
+code and this one back to back, alternating their order, so the two columns share the
+machine's load. ``state B/param`` is base state + shadows + rotation state (tensor bytes,
+each storage once) per model parameter; ``+RSS``/``peak`` are resident memory added by the
+optimizer after the steps / at most (CPU), or allocated device memory (CUDA).
 """
 from __future__ import annotations
 
 import argparse
 import functools
-import inspect
-import math
+import importlib.util
+import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from lightning_modules.gpt_model import GPT, GPTConfig
-from rotations.config import RotationConfig
-from rotations.layout import model_layout
-from rotations.optimizer import RotatedOptimizer
-
+REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "124m": dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),
     "small": dict(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256),
     "tiny": dict(vocab_size=320, block_size=128, n_layer=4, n_head=4, n_embd=128),
 }
 SCOPES = ["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+ROWS = ["adamw-foreach", "adamw-fused"] + SCOPES
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeat: int, warmup: int = 2) -> float:
-    """Median seconds per call over ``repeat`` calls (each synchronised), after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _memory_module():
+    """rotations/memory.py of *this* checkout, loaded on its own (works with old code too)."""
+    spec = importlib.util.spec_from_file_location("_rot_memory", REPO / "rotations" / "memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def groups(model):
@@ -74,38 +60,89 @@ def groups(model):
             {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def optimizer_steps(cfg: dict, device, repeat: int, scopes, block_size: int,
-                    compile: bool = False):
-    """``(foreach_time, fused_time_or_nan, rows)`` for one optimizer step per row."""
-    model = GPT(GPTConfig(**cfg)).to(device)
+def measure(model_name: str, row: str, device: str, repeat: int, block_size: int) -> dict:
+    """One row, in this process: ms/step, state bytes, memory."""
+    from lightning_modules.gpt_model import GPT, GPTConfig
+    from rotations.config import RotationConfig
+    from rotations.layout import model_layout
+    from rotations.optimizer import RotatedOptimizer
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**MODELS[model_name])).to(dev)
+    n = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    mem = (lambda: torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else _rss
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync()
+    before = mem()
     adamw = functools.partial(torch.optim.AdamW, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    rows = []
-    ref = timed(adamw(groups(model), foreach=True).step, device, repeat)
-    rows.append(("torch AdamW (foreach)", ref))
-    fused = float("nan")
-    try:
-        fused = timed(adamw(groups(model), fused=True).step, device, repeat)
-        rows.append(("torch AdamW (fused)", fused))
-    except (RuntimeError, ValueError) as e:  # fused not available on this device
-        rows.append((f"torch AdamW (fused): n/a ({type(e).__name__})", float("nan")))
-    views = model_layout(model)
-    extra = {}
-    if compile:
-        if "compile" not in inspect.signature(RotatedOptimizer).parameters:
-            raise SystemExit("--compile: this RotatedOptimizer has no compile option")
-        extra["compile"] = True
-    for scope in scopes:
-        opt = RotatedOptimizer(groups(model), functools.partial(adamw, foreach=True), views,
-                               RotationConfig(scope=scope, block_size=block_size),
-                               split_views=(scope == "none"), **extra)
-        rows.append((f"rotated AdamW [{scope}]", timed(opt.step, device, repeat)))
-        del opt
-    return ref, fused, rows
+    t0 = time.perf_counter()
+    if row.startswith("adamw-"):
+        opt = adamw(groups(model), **({"fused": True} if row == "adamw-fused" else
+                                      {"foreach": True}))
+    else:
+        opt = RotatedOptimizer(groups(model), functools.partial(adamw, foreach=True),
+                               model_layout(model),
+                               RotationConfig(scope=row, block_size=block_size),
+                               split_views=(row == "none"))
+    build_s = time.perf_counter() - t0
+    for _ in range(2):
+        opt.step()
+    sync()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        opt.step()
+        sync()
+        times.append(time.perf_counter() - t)
+    after = mem()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    if isinstance(opt, RotatedOptimizer):
+        b = _memory_module().optimizer_bytes(opt)
+    else:
+        b = {"base_state": sum(t.untyped_storage().nbytes() for st in opt.state.values()
+                               for t in st.values() if isinstance(t, torch.Tensor)),
+             "shadow": 0, "rotation": 0}
+    return {"model": model_name, "row": row, "params": n, "ms": 1e3 * statistics.median(times),
+            "build_s": build_s, "bytes": b, "rss_added": after - before, "peak": peak}
+
+
+def run_child(args, model_name: str, row: str, code_dir: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code_dir), str(REPO)]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model_name, row,
+           "--device", args.device, "--repeat", str(args.repeat),
+           "--block-size", str(args.block_size), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code_dir))
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"model": model_name, "row": row, "error": f"exit {out.returncode}: {tail[0]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fmt_row(r: dict, foreach: float, fused: float) -> str:
+    if "error" in r:
+        return f"{'error: ' + r['error'][:80]}"
+    b = r["bytes"]
+    per = (b["base_state"] + b["shadow"] + b["rotation"]) / r["params"]
+    rot = b["rotation"] / r["params"]
+    return (f"{r['ms']:9.1f} ms  x{r['ms'] / fused:6.2f} fused  x{r['ms'] / foreach:6.2f} "
+            f"foreach  {per:6.2f} B/param (rotation {rot:5.2f})  +RSS {r['rss_added'] / 2**30:5.2f}"
+            f" GiB  peak {r['peak'] / 2**30:5.2f} GiB")
 
 
 def train_steps(cfg: dict, device, repeat: int, batch: int, scopes, block_size: int):
+    """Whole training step (forward, backward, optimizer) per scope, this code only."""
+    from lightning_modules.gpt_model import GPT, GPTConfig
+    from rotations.config import RotationConfig
+    from rotations.layout import model_layout
+    from rotations.optimizer import RotatedOptimizer
     torch.manual_seed(0)
     model = GPT(GPTConfig(**cfg)).to(device)
     T = cfg["block_size"]
@@ -123,49 +160,73 @@ def train_steps(cfg: dict, device, repeat: int, batch: int, scopes, block_size: 
                 _, loss = model(x[:, :-1], x[:, 1:])
             loss.backward()
             opt.step()
-        out.append((scope, timed(step, device, repeat, warmup=1)))
+        step()
+        ts = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ts.append(time.perf_counter() - t)
+        out.append((scope, statistics.median(ts)))
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=list(MODELS), default="124m")
+    ap.add_argument("--models", default="small,124m")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeat", type=int, default=5, help="timed calls (median reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--block-size", type=int, default=768)
     ap.add_argument("--scopes", default=",".join(SCOPES))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="directory with an older rotations/ package to compare against")
+    ap.add_argument("--train", action="store_true", help="also time whole training steps")
     ap.add_argument("--train-model", choices=list(MODELS), default="tiny")
     ap.add_argument("--train-batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads (0: leave PyTorch's default)")
-    ap.add_argument("--compile", action="store_true",
-                    help="RotatedOptimizer(compile=True): torch.compile the rotation maths")
-    ap.add_argument("--no-train", action="store_true", help="skip the training-step table")
+    ap.add_argument("--child", nargs=2, metavar=("MODEL", "ROW"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    scopes = [s for s in args.scopes.split(",") if s]
-    print(f"device: {device_name(device)}; torch {torch.__version__}")
-    n = sum(p.numel() for p in GPT(GPTConfig(**MODELS[args.model])).parameters())
-    print(f"\n== optimizer step, {args.model} parameter set ({n / 1e6:.1f}M params), "
-          f"block_size {args.block_size}, median of {args.repeat}"
-          f"{', compiled' if args.compile else ''} ==")
-    ref, fused, rows = optimizer_steps(MODELS[args.model], device, args.repeat, scopes,
-                                       args.block_size, args.compile)
-    print(f"{'':34s} {'time':>10s}      {'/ foreach':>9s}  {'/ fused':>9s}")
-    for name, t in rows:
-        vs_fused = f"x{t / fused:8.2f}" if not math.isnan(fused) and not math.isnan(t) else \
-            f"{'n/a':>9s}"
-        print(f"{name:34s} {t * 1e3:10.2f} ms   x{t / ref:8.2f}  {vs_fused}")
-    if args.no_train:
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.child[1], args.device, args.repeat,
+                                 args.block_size)))
         return
-    print(f"\n== training step, {args.train_model} GPT, batch {args.train_batch} ==")
-    tr = train_steps(MODELS[args.train_model], device, args.repeat, args.train_batch,
-                     ["plain"] + [s for s in scopes if s != "none"], args.block_size)
-    base = tr[0][1]
-    for scope, t in tr:
-        print(f"{scope:12s} {t * 1e3:10.2f} ms   overhead {100 * (t / base - 1):+6.1f}%")
+    dev = torch.device(args.device)
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+            f"threads, load {os.getloadavg()[0]:.1f})")
+    print(f"device: {name}; torch {torch.__version__}; block_size {args.block_size}; "
+          f"median of {args.repeat} steps")
+    rows = ROWS[:2] + [s for s in args.scopes.split(",") if s]
+    impls = [("after", REPO)] + ([("before", args.baseline.resolve())] if args.baseline else [])
+    for model_name in args.models.split(","):
+        res = {}
+        for i, row in enumerate(rows):
+            order = impls if i % 2 == 0 else impls[::-1]
+            for label, code in order:
+                if row.startswith("adamw-") and label == "before":
+                    continue                       # torch's own optimizers: code-independent
+                res[(row, label)] = run_child(args, model_name, row, code)
+        n = next((r["params"] for r in res.values() if "params" in r), 0)
+        print(f"\n== {model_name} parameter set ({n / 1e6:.1f}M params) ==")
+        foreach = res[("adamw-foreach", "after")].get("ms", float("nan"))
+        fused = res[("adamw-fused", "after")].get("ms", float("nan"))
+        for row in rows:
+            for label, _ in impls:
+                if (row, label) in res:
+                    tag = f"{row} [{label}]" if len(impls) > 1 and not row.startswith("adamw") \
+                        else row
+                    print(f"{tag:24s} {fmt_row(res[(row, label)], foreach, fused)}")
+    if args.train:
+        print(f"\n== training step, {args.train_model} GPT, batch {args.train_batch} ==")
+        tr = train_steps(MODELS[args.train_model], dev, args.repeat, args.train_batch,
+                         ["plain"] + [s for s in args.scopes.split(",") if s and s != "none"],
+                         args.block_size)
+        base = tr[0][1]
+        for scope, t in tr:
+            print(f"{scope:12s} {t * 1e3:10.2f} ms   overhead {100 * (t / base - 1):+6.1f}%")
 
 
 if __name__ == "__main__":

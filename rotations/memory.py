@@ -1,13 +1,12 @@
 """What a :class:`~rotations.optimizer.RotatedOptimizer` holds in memory, by tensor bytes
 (including what ``state_dict()`` does not show: permutations, stacked blocks, bases, index
-caches). Used by the tests of the memory floor and by benchmarks/rotation_overhead.py;
+caches). Used by the tests of the memory floor and by benchmarks/rotation_overhead.py (which
+also loads this file on its own to measure older versions, hence no package imports);
 docs/ROTATIONS.md states the floor per scope. Pure PyTorch.
 """
 from __future__ import annotations
 
 import torch
-
-from .layout import LayerView
 
 
 def _storage_key(t: torch.Tensor):
@@ -35,7 +34,7 @@ def _walk(obj, seen_obj: set, out: list, skip: tuple) -> None:
         for x in obj.values():
             _walk(x, seen_obj, out, skip)
         return
-    if isinstance(obj, LayerView) or id(obj) in seen_obj:
+    if type(obj).__name__ == "LayerView" or id(obj) in seen_obj:
         return
     if type(obj).__module__.startswith("rotations.") and hasattr(obj, "__dict__"):
         seen_obj.add(id(obj))

@@ -478,3 +478,35 @@ def test_truncated_run_is_flagged_not_reported_as_final(tmp_path, capsys):
     assert rp.make_run("x", {"trainer": {"max_steps": 400}}, {"val/loss": cut}).truncated(
         "val/loss") == 249
     assert rp.make_run("x", {}, {"val/loss": cut}).truncated("val/loss") is None   # unknown
+
+
+def test_difference_intervals_from_event_files_match_scipy(tmp_path):
+    """3 seeds per scope, paired by seed (same seeds) and unpaired (other seeds): the Δ column
+    is the paired t / Welch interval of scipy.stats; 'excludes 0' follows it."""
+    import scipy.stats as st
+
+    none = {0: 3.0, 1: 3.25, 2: 2.875}
+    glob = {0: 3.5, 1: 3.625, 2: 3.5}                  # same seeds: paired
+    lay = {3: 3.125, 4: 3.5, 5: 2.75}                   # other seeds: Welch
+    root = tmp_path / "runs"
+    for scope, finals in (("none", none), ("global", glob), ("layer", lay)):
+        for seed, v in finals.items():
+            write_run(root / f"r_{scope}_{seed}", config(scope, seed),
+                      {"val/loss": [(100, v + 1.0), (200, v)]})
+    out = tmp_path / "rep"
+    assert rp.main([str(root), "--out", str(out)]) == 0
+    rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
+    g, l = rows["scope=global"], rows["scope=layer"]
+    p = st.ttest_rel(list(glob.values()), list(none.values())).confidence_interval()
+    assert g["diff_method"] == "paired t"
+    assert float(g["diff"]) == pytest.approx((p.low + p.high) / 2, rel=1e-12)
+    assert float(g["diff_ci95"]) == pytest.approx((p.high - p.low) / 2, rel=1e-9)
+    assert g["diff_excludes_zero"] == str(p.low > 0 or p.high < 0) == "True"
+    w = st.ttest_ind(list(lay.values()), list(none.values()), equal_var=False).confidence_interval()
+    assert l["diff_method"] == "Welch t"
+    assert float(l["diff_ci95"]) == pytest.approx((w.high - w.low) / 2, rel=1e-9)
+    assert l["diff_excludes_zero"] == "False"
+    # final values: mean and t interval per label
+    n = rows["scope=none"]
+    lo, hi = st.t.interval(0.95, 2, loc=np.mean(list(none.values())), scale=st.sem(list(none.values())))
+    assert float(n["final_val_loss_ci95"]) == pytest.approx((hi - lo) / 2, rel=1e-9)

@@ -140,6 +140,13 @@ def test_2_resume_finds_the_newest_checkpoint_by_step(run, tmp_path):
     assert sorted(scalars(moved, "train/loss")) == list(range(7))   # no step twice
 
 
+def test_2_resume_never_does_not_mix_two_histories(run, capsys):
+    before = files(run)
+    err = refused(capsys, "fit", *TINY, "--resume", "never", "--trainer.default_root_dir", str(run))
+    assert "already holds a run" in err and "step 4" in err
+    assert files(run) == before
+
+
 # ---- 3. validate never modifies the training run -------------------------------------------
 
 def test_3_validate_leaves_the_run_byte_identical(run, capsys):

@@ -191,12 +191,12 @@ class TextDataModule(L.LightningDataModule):
         training. A large hub corpus is faster with ``adamrot prepare hub --workers N``."""
         if self.path is None:
             hp = self.hparams
-            if hp.source == "hub":
-                rank_zero_warn(f"preparing {self.corpus.label} in one process; for a large "
-                               "corpus run `adamrot prepare hub --workers N` first")
+            advice = (lambda m: rank_zero_warn(  # noqa: E731  (only when not prepared yet)
+                f"{self.corpus.label}: {m} in one process; for a large corpus run "
+                "`adamrot prepare hub --workers N` first")) if hp.source == "hub" else None
             self.path, self.manifest = prepare_text(
                 self.corpus, hp.tokenizer or "bytes", hp.tiktoken_ranks_file,
-                cache_dir=hp.cache_dir, val_fraction=hp.val_fraction)
+                cache_dir=hp.cache_dir, val_fraction=hp.val_fraction, log=advice)
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare if needed (idempotent, locked) and load the validation windows."""

@@ -602,3 +602,29 @@ def test_muon_adamw_bad_ns_dtype_names_field():
     hidden, _ = muon_setup()
     with pytest.raises(ValueError, match="ns_dtype.*allowed: bfloat16, float32"):
         MuonAdamW(hidden, ns_dtype="float16")
+
+
+def test_weight_decay_mode_registry():
+    """How each optimizer's decay composes with a rotation (docs/CONVENTIONS.md §5)."""
+    from rotations.zoo import WEIGHT_DECAY_MODES, weight_decay_mode
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert weight_decay_mode(ClippedSGD(p, lr=0.1, clip=1.0)) == "in_rule"
+    assert weight_decay_mode(torch.optim.SGD(p, lr=0.1)) == "coupled"
+    assert weight_decay_mode(torch.optim.AdamW(p)) == "decoupled"
+    assert weight_decay_mode(Signum(p, lr=0.1)) == "decoupled"
+    assert weight_decay_mode(torch.optim.LBFGS(p)) == "none"
+    assert set(WEIGHT_DECAY_MODES) == {"none", "decoupled", "coupled", "in_rule"}
+
+
+def test_config_class_paths_still_load():
+    """Every ``rotations.zoo.X`` class path used in configs/ resolves."""
+    import importlib
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    paths = {m for f in root.rglob("*.y*ml") for m in re.findall(r"rotations\.zoo\.(\w+)",
+                                                                   f.read_text())}
+    assert {"Signum", "SignSGD", "ClippedSGD", "AdamOneBeta", "MuonAdamW"} <= paths
+    zoo = importlib.import_module("rotations.zoo")
+    for name in paths:
+        assert isinstance(getattr(zoo, name), type), name

@@ -17,8 +17,9 @@ from callbacks.checkpoint_io import RUN_STATE_KEY, load_checkpoint, newest_check
 
 #: keys (``init_args`` left out) that may change on resume and are applied from the next step
 APPLIED = ("optimizer.lr", "decay_steps", "warmup_steps", "warmup_epochs", "min_lr_ratio")
-#: runtime choices that do not change the model, the optimizer or the rotation
-RUNTIME = ("compile", "peak_flops", "attention")
+#: runtime choices that do not change the maths of the model, the optimizer or the rotation
+RUNTIME = ("compile", "peak_flops", "attention", "optimizer.foreach", "optimizer.fused",
+           "optimizer.capturable")
 #: Lightning's special ``ckpt_path`` values other than ``last`` (passed through unchecked)
 PASSTHROUGH = ("best", "hpc")
 
@@ -93,7 +94,7 @@ def _kind(key: str) -> str:
     short = key.split(".", 1)[1] if "." in key else key
     if short in APPLIED:
         return "applied"
-    if short.split(".")[0] in RUNTIME:
+    if short in RUNTIME or short.split(".")[0] in RUNTIME:
         return "runtime"
     return "refused"
 

@@ -315,23 +315,17 @@ class AdamrotCLI(LightningCLI):
         failed_before_training = False
         try:
             super()._run_subcommand(subcommand)
-        except SETUP_ERRORS as e:
+        except (*SETUP_ERRORS, OSError) as e:
             stepped = self._run_state is not None and self._run_state.stepped
             if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-                failed_before_training = not stepped
-                raise ConfigError(f"cannot write {e.filename or out}: {e.strerror}"
-                                  + ("; the last checkpoint is intact" if stepped else "")) from e
-            if stepped:
+                message = (f"cannot write {e.filename or out}: {e.strerror}"
+                           + ("; the last checkpoint is intact" if stepped else ""))
+            elif isinstance(e, SETUP_ERRORS) and not stepped:
+                message = str(e)
+            else:
                 raise
-            failed_before_training = True
-            raise ConfigError(str(e)) from e
-        except OSError as e:
-            if e.errno not in WRITE_ERRNOS:
-                raise
-            stepped = self._run_state is not None and self._run_state.stepped
             failed_before_training = not stepped
-            raise ConfigError(f"cannot write {e.filename or out}: {e.strerror}"
-                              + ("; the last checkpoint is intact" if stepped else "")) from e
+            raise ConfigError(message) from e
         finally:
             if lock is not None:
                 lock.release()

@@ -110,32 +110,37 @@ def measure(module, scope: str, block_size: int, batch: int, accum: int, steps: 
     return out
 
 
-def update_error(cfg: dict, scope: str, block_size: int, device) -> dict:
-    """Relative error of one rotated AdamW update computed in bf16 and in fp32 against the
-    same update in fp64 (weights start at 0 and weight decay is off, so the parameter after
-    the step is the update itself; scope ``none`` gives the error of AdamW alone)."""
+def update_errors(cfg: dict, scopes: list[str], block_size: int, device):
+    """Per scope, the relative error of one rotated AdamW update computed in bf16 and in fp32
+    against the same update in fp64 (weights start at 0 and weight decay is off, so the
+    parameter after the step is the update itself; scope ``none`` is AdamW's own error).
+    Yields ``(scope, {"fp32": e, "bf16": e})``, or ``(scope, exception)``."""
     torch.manual_seed(1)
     module = GPTLightningModule(**cfg, gelu="exact").to(device)
     x = torch.randint(0, cfg["vocab_size"], (2, cfg["block_size"] + 1), device=device)
     module(x[:, :-1], x[:, 1:])[1].backward()
     grads = [p.grad.double() for p in module.parameters()]
-    deltas = {}
-    for dtype in (torch.float64, torch.float32, torch.bfloat16):
-        m = GPTLightningModule(**cfg, gelu="exact", rotation={"scope": scope,
-                                                              "block_size": block_size},
-                               optimizer=functools.partial(torch.optim.AdamW, lr=1.0,
-                                                           weight_decay=0.0))
-        m = m.to(device=device, dtype=dtype)
-        with torch.no_grad():
-            for p, g in zip(m.parameters(), grads):
-                p.zero_()
-                p.grad = g.to(dtype)
-        m.build_optimizer().step()
-        deltas[dtype] = torch.cat([p.detach().double().flatten() for p in m.parameters()])
-        del m
-    ref = deltas[torch.float64]
-    return {name: ((deltas[dt] - ref).norm() / ref.norm()).item()
-            for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    adam = functools.partial(torch.optim.AdamW, lr=1.0, weight_decay=0.0)
+    models = {dt: module.to(dtype=dt) if dt == torch.float64 else
+              GPTLightningModule(**cfg, gelu="exact", optimizer=adam).to(device=device, dtype=dt)
+              for dt in (torch.float64, torch.float32, torch.bfloat16)}
+    models[torch.float64].optimizer_factory = adam
+    for scope in scopes:
+        try:
+            deltas = {}
+            for dt, m in models.items():
+                m.rotation = RotationConfig(scope=scope, block_size=block_size)
+                with torch.no_grad():
+                    for p, g in zip(m.parameters(), grads):
+                        p.zero_()
+                        p.grad = g.to(dt)
+                m.build_optimizer().step()
+                deltas[dt] = torch.cat([p.detach().double().flatten() for p in m.parameters()])
+            ref = deltas[torch.float64]
+            yield scope, {name: ((deltas[dt] - ref).norm() / ref.norm()).item()
+                          for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        except Exception as e:  # noqa: BLE001 - one failing row must not hide the rest
+            yield scope, e
 
 
 def fmt(v, spec: str, scale: float = 1.0) -> str:
@@ -197,13 +202,11 @@ def main(argv=None) -> int:
         print(f"\nrotated AdamW update vs fp64, relative error (model "
               f"{args.error_model or args.model}):")
         print(f"{'scope':10s} {'fp32':>10s} {'bf16':>10s}")
-        for scope in ["none"] + scopes:
-            try:
-                e = update_error(ecfg, scope, args.block_size, device)
-            except Exception as e:  # noqa: BLE001 - one failing row must not hide the rest
+        for scope, e in update_errors(ecfg, ["none"] + scopes, args.block_size, device):
+            if isinstance(e, Exception):
                 print(f"{scope:10s} failed: {type(e).__name__}: {str(e)[:200]}")
-                continue
-            print(f"{scope:10s} {e['fp32']:10.2e} {e['bf16']:10.2e}", flush=True)
+            else:
+                print(f"{scope:10s} {e['fp32']:10.2e} {e['bf16']:10.2e}", flush=True)
     print(f"\nwall time: {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -28,7 +28,6 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 #: parameter types Muon treats as hidden matrices (the rest get AdamW; NeurIPS Alg. 6)
 MUON_TYPES = {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "linear", "conv"}
 
-
 #: dense bf16 peak FLOP/s of GPUs Lightning's table lacks or lists with sparsity
 DENSE_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -66,7 +65,7 @@ class RotatableModule(L.LightningModule):
         warmup_epochs: alternative to ``warmup_steps`` for epoch-based (vision) runs.
         decay_steps: end of the cosine (default: ``trainer.max_steps`` or the estimated total).
         min_lr_ratio: the cosine's floor as a fraction of the peak LR (6e-5 / 6e-4 = 0.1).
-        peak_flops: device peak FLOP/s for MFU (default: Lightning's table for known GPUs).
+        peak_flops: device peak FLOP/s for MFU (default: :func:`peak_bf16_flops`).
         compile: compile ``self.model`` in place (``nn.Module.compile``) when the trainer
             sets the model up; the state dict keeps its keys.
     """

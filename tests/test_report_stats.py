@@ -95,6 +95,10 @@ def test_slowdown_interval_by_exact_bootstrap():
     assert stats.interval_text(sd.interval) == "[+0.0%, never reached]"
     # one seed on a side: no bootstrap
     assert stats.compute_slowdown(base, lab[:1]).interval is None
+    # seeds logged at different steps (one has an extra point): resampled curve by curve,
+    # common steps per resample; the same reach steps, so the same interval
+    odd = (np.array([50, 100, 150, 175, 200]), np.array([4.0, 3, 3, 3, 3]))
+    assert stats.compute_slowdown(base, [odd] + lab[1:]).interval == (0.0, 1.0)
 
 
 def test_slowdown_point_estimates():

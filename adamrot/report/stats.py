@@ -138,6 +138,17 @@ def trailing_mean(values: Sequence[float], k: int = 1) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
+def _stack(curves: Sequence[Curve], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed curves at the steps common to all: ``steps, matrix (seeds x steps)``."""
+    sm = [(np.asarray(s), trailing_mean(v, k)) for s, v in curves]
+    common = sm[0][0]
+    for s, _ in sm[1:]:
+        common = np.intersect1d(common, s)
+    if common.size == 0:
+        raise StatsError("seed curves have no step in common")
+    return common.astype(np.int64), np.stack([v[np.searchsorted(s, common)] for s, v in sm])
+
+
 def seed_average(curves: Sequence[Curve], k: int = 1, level: float = LEVEL
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Smooth each ``(steps, values)`` curve (trailing mean over ``k`` points), average at
@@ -147,13 +158,7 @@ def seed_average(curves: Sequence[Curve], k: int = 1, level: float = LEVEL
     if not curves:
         e = np.zeros(0)
         return e.astype(np.int64), e, e, e
-    sm = [(np.asarray(s), trailing_mean(v, k)) for s, v in curves]
-    common = sm[0][0]
-    for s, _ in sm[1:]:
-        common = np.intersect1d(common, s)
-    if common.size == 0:
-        raise StatsError("seed curves have no step in common")
-    mat = np.stack([v[np.searchsorted(s, common)] for s, v in sm])
+    common, mat = _stack(curves, k)
     mean = mat.mean(axis=0)
     if mat.shape[0] > 1:
         h = t_quantile((1 + level) / 2, mat.shape[0] - 1) * mat.std(axis=0, ddof=1) \
@@ -161,7 +166,7 @@ def seed_average(curves: Sequence[Curve], k: int = 1, level: float = LEVEL
         lo, hi = mean - h, mean + h
     else:
         lo, hi = mean.copy(), mean.copy()
-    return common.astype(np.int64), mean, lo, hi
+    return common, mean, lo, hi
 
 
 def first_reach(steps: Sequence[int], values: Sequence[float], target: float,
@@ -230,13 +235,10 @@ def interval_text(iv: tuple[float, float] | None) -> str:
     return "" if iv is None else f"[{pct_text(iv[0])}, {pct_text(iv[1])}]"
 
 
-def _slowdown_point(base: Sequence[Curve], curves: Sequence[Curve], k: int, mode: str):
-    bs, bm, _, _ = seed_average(base, k)
-    if bs.size == 0:
-        raise StatsError("baseline has no points for the metric")
+def _reach(bs, bm, rs, rm, mode: str) -> Slowdown:
+    """Slowdown from a baseline mean curve ``(bs, bm)`` and a label mean curve ``(rs, rm)``."""
     target = float(bm[-1])
     sb = first_reach(bs, bm, target, mode)
-    rs, rm, _, _ = seed_average(curves, k)
     sr = first_reach(rs, rm, target, mode) if rs.size else None
     sd = sr / sb - 1.0 if (sr is not None and sb) else None
     eq = None
@@ -246,27 +248,53 @@ def _slowdown_point(base: Sequence[Curve], curves: Sequence[Curve], k: int, mode
     return Slowdown(target=target, steps_base=sb, steps=sr, slowdown=sd, equivalent=eq)
 
 
+def _mean_curve(curves: Sequence[Curve], k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not curves:
+        return np.zeros(0, np.int64), np.zeros(0)
+    steps, mat = _stack(curves, k)
+    return steps, mat.mean(axis=0)
+
+
 def compute_slowdown(baseline_curves: Sequence[Curve], curves: Sequence[Curve], k: int = 1,
                      mode: str = "min", level: float = LEVEL, bootstrap: bool = True
                      ) -> Slowdown:
     """Slowdown and equivalent slowdown of ``curves`` (seeds of one label) against
     ``baseline_curves``; with ``bootstrap`` and at least two seeds on each side, their
     percentile intervals from resampling the seeds of both labels."""
-    sd = _slowdown_point(baseline_curves, curves, k, mode)
-    if bootstrap and len(baseline_curves) > 1 and len(curves) > 1:
-        def stat(attr):
-            def f(b, c):
-                try:
-                    p = _slowdown_point(b, c, k, mode)
-                except StatsError:
-                    return math.nan
-                return p.value if attr == "value" else (
-                    math.nan if p.equivalent is None else p.equivalent)
-            return f
-        groups = (list(baseline_curves), list(curves))
-        sd.interval = bootstrap_ci(groups, stat("value"), level)
+    base = [c for c in baseline_curves if c is not None and len(c[0])]
+    lab = [c for c in curves if c is not None and len(c[0])]
+    if not base:
+        raise StatsError("baseline has no points for the metric")
+    sd = _reach(*_mean_curve(base, k), *_mean_curve(lab, k), mode)
+    if not (bootstrap and len(base) > 1 and len(lab) > 1):
+        return sd
+    # a resample's mean curve: rows of the smoothed matrix when the seeds share their steps
+    aligned = all(len({tuple(c[0]) for c in g}) == 1 for g in (base, lab))
+    if aligned:
+        (bs, bmat), (rs, rmat) = _stack(base, k), _stack(lab, k)
+
+    def point(ib, il) -> Slowdown | None:
         try:
-            sd.eq_interval = bootstrap_ci(groups, stat("equivalent"), level)
+            if aligned:
+                return _reach(bs, bmat[ib].mean(axis=0), rs, rmat[il].mean(axis=0), mode)
+            return _reach(*_mean_curve([base[i] for i in ib], k),
+                          *_mean_curve([lab[i] for i in il], k), mode)
         except StatsError:
-            sd.eq_interval = None
+            return None
+
+    def stat(attr):
+        def f(ib, il):
+            p = point(list(ib), list(il))
+            if p is None:
+                return math.nan
+            if attr == "value":
+                return p.value
+            return math.nan if p.equivalent is None else p.equivalent
+        return f
+    groups = (list(range(len(base))), list(range(len(lab))))
+    sd.interval = bootstrap_ci(groups, stat("value"), level)
+    try:
+        sd.eq_interval = bootstrap_ci(groups, stat("equivalent"), level)
+    except StatsError:
+        sd.eq_interval = None
     return sd

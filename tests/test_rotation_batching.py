@@ -17,7 +17,8 @@ from rotations.optimizer import RotatedOptimizer
 from rotations.sampling import BlockRotation
 from rotations.scopes import (ColUnit, GlobalUnit, IdentityUnit, LayerUnit, RotationPlan,
                               RowUnit, SVDUnit)
-from rotations.batched import BasisStack, BlockStack, build_buckets
+from rotations.batched import build_buckets
+from rotations.stacks import BasisStack, BlockStack
 from rotations.svd import svd_bases
 
 SCOPES = ["global", "layerwise", "outputwise", "inputwise", "svd"]

@@ -92,8 +92,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rank = rank_label()
     if rank is None:
         os.environ[LAUNCHER_ENV] = str(os.getpid())     # inherited by the ranks it launches
-    else:
-        exit_with_launcher(rank)                        # before the heavy imports
+    elif any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "SLURM_PROCID")):
+        exit_with_launcher(rank)      # a rank started by a launcher: before the heavy imports
     from adamrot.train import run
     return run(args)
 

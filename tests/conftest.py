@@ -5,6 +5,20 @@ import torch
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _prepared_data_cache(tmp_path_factory):
+    """Auto-prepared corpora go to a per-session cache, never to ``~/.cache/adamrot``
+    (``os.environ``, so commands the tests start as subprocesses inherit it)."""
+    import os
+    old = os.environ.get("ADAMROT_CACHE")
+    os.environ["ADAMROT_CACHE"] = str(tmp_path_factory.mktemp("adamrot_cache"))
+    yield
+    if old is None:
+        os.environ.pop("ADAMROT_CACHE", None)
+    else:
+        os.environ["ADAMROT_CACHE"] = old
+
 #: the tiny GPT every model test starts from (override any GPTConfig field)
 TINY_GPT = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32)
 

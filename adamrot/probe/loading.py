@@ -133,9 +133,8 @@ def load_run(cfg_path: Path, ckpt_path: Path, device, dtype) -> Loaded:
 
     ckpt = read_checkpoint(ckpt_path)
     module, dm = load_config(cfg_path)
-    sd = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("forward_model.")}
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith("forward_model.")]
+    module.on_load_checkpoint(ckpt)  # the module's own clean-up of older checkpoint layouts
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise ProbeError(f"{ckpt_path}: does not match the model of {cfg_path}: missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]}")

@@ -6,7 +6,8 @@
 #                                                    # hours (~9 h on 2 cores): every twin, 3-5 seeds
 #   bash configs/paper/run_cpu_twins.sh STEP ...      # some steps of the full tier (names below)
 # Re-running resumes: sweeps skip finished runs and resume interrupted ones, finished resumed
-# runs and probes are skipped. Outputs in runs/paper/cpu/ (git-ignored); the last step (tables)
+# runs and probes are skipped. JOBS=2 OMP_NUM_THREADS=1 runs two sweep runs at once (untimed;
+# the estimate in docs/REPRODUCE.md is for one run at a time). Outputs in runs/paper/cpu/ (git-ignored); the last step (tables)
 # regenerates every table and figure of docs/REPRODUCE.md from the run directories.
 set -u
 cd "$(dirname "$0")/../.."
@@ -16,7 +17,7 @@ R=runs/paper/cpu
 FULL=(pilot fig1a orth probes appA1 appA4 appC2 svdF beta2 muon og ogseeds onebeta onebetaseeds vit resnet tables)
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(full)
 [ "${steps[0]}" = full ] && steps=("${FULL[@]}")
-sweep() { $A sweep "$1" || { echo "sweep $1 failed (rc $?)"; exit 1; }; }
+sweep() { $A sweep "$1" --jobs "${JOBS:-1}" || { echo "sweep $1 failed (rc $?)"; exit 1; }; }
 mkdir -p $R
 for s in "${steps[@]}"; do
   echo "=== $s $(date +%T)"
@@ -70,3 +71,4 @@ PY
     *) echo "unknown step $s (quick, full, ${FULL[*]})"; exit 2 ;;
   esac
 done
+echo "=== done $(date +%T), ${SECONDS}s"

@@ -74,8 +74,9 @@ class Bucket:
         self._unrotate = torch.compile(self._unrotate, **kwargs)
 
     # -- per-view API ------------------------------------------------------------------------
-    def rotate(self, mats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Standard-basis matrices of :attr:`views` -> rotated (fresh tensors)."""
+    def rotate(self, mats: list[torch.Tensor], scratch: bool = False) -> list[torch.Tensor]:
+        """Standard-basis matrices of :attr:`views` -> rotated (fresh tensors). ``scratch``:
+        the shadow buffer may be used as scratch space (the optimizer's gradient path)."""
         self.prepare()
         return self._split(self._rotate(self._stack(mats)))
 
@@ -104,7 +105,7 @@ class _FlatBucket(Bucket):
 class IdentityBucket(_FlatBucket):
     kind = "none"
 
-    def rotate(self, mats):
+    def rotate(self, mats, scratch: bool = False):
         # per-view copies (not one concatenated tensor): on the CPU, glibc maps and unmaps a
         # single large block on every step, and the page faults cost more than the copies
         return [m.clone(memory_format=torch.contiguous_format) for m in mats]
@@ -139,6 +140,14 @@ class GlobalBucket(_FlatBucket):
 
     def _unrotate(self, Y):
         return self.R.unrotate_last(Y.view(1, 1, -1)).view(-1)
+
+    def rotate(self, mats, scratch: bool = False):
+        """As :meth:`Bucket.rotate`; ``scratch=True`` concatenates the inputs into the shadow
+        buffer (its values are not kept) instead of a new vector of the model's size."""
+        if not scratch or self.compiled:
+            return super().rotate(mats)
+        torch.cat([m.reshape(-1) for m in mats], out=self.buffer)
+        return self._split(self._rotate(self.buffer))
 
     def unrotate(self, mats=None):
         if mats is not None or self.compiled:

@@ -288,7 +288,7 @@ class RotatedOptimizer(torch.optim.Optimizer):
         the diagonal would become ±1 Adam updates; docs/CONVENTIONS.md §4)."""
         if isinstance(b, SVDBucket) and refreshed and all(u in refreshed for u in b.units):
             return [u.refresh_gradient() for u in b.units]
-        return b.rotate([self._grad_matrix(v, grads) for v in b.views])
+        return b.rotate([self._grad_matrix(v, grads) for v in b.views], scratch=True)
 
     def _decay(self) -> None:
         """Decoupled weight decay ``w ← w − lr·wd·w`` of the shadowed params."""

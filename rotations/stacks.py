@@ -145,6 +145,12 @@ class BlockStack:
             torch.index_select(x, 0, perm[:kn], out=W[l * kn:(l + 1) * kn])
             if p:
                 torch.index_select(x, 0, perm[kn:], out=W[L * kn + l * p:L * kn + (l + 1) * p])
+        if L == 1:                           # one output, written by both products
+            Y = X.new_empty(1, 1, d)
+            torch.bmm(W[:kn].view(1, k, n), self.RnT, out=Y[0, 0, :kn].view(1, k, n))
+            if p:
+                torch.bmm(W[kn:].view(1, 1, p), self.RpT, out=Y[0, 0, kn:].view(1, 1, p))
+            return Y
         Yh = torch.bmm(W[:L * kn].view(L, k, n), self.RnT).view(L, 1, kn)
         if not p:
             return Yh

@@ -1,7 +1,18 @@
-"""Lightning callbacks that measure training in rotated spaces (docs/CONVENTIONS.md §5–6)."""
-from .adam_stats import AdamMomentStats
-from .orthogonality import UpdateOrthogonality
-from .second_moments import SecondMomentHistogram
-from .svd_events import SVDRefreshLogger
+"""Lightning callbacks: measurements in rotated spaces (docs/CONVENTIONS.md §5–6) and the
+reliability of a run (docs/RUNS.md). Imported lazily, so that ``callbacks.files`` can be used
+without loading Lightning."""
+import importlib
 
-__all__ = ["SecondMomentHistogram", "UpdateOrthogonality", "SVDRefreshLogger", "AdamMomentStats"]
+_LAZY = {
+    "AdamMomentStats": ".adam_stats",
+    "UpdateOrthogonality": ".orthogonality",
+    "SecondMomentHistogram": ".second_moments",
+    "SVDRefreshLogger": ".svd_events",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

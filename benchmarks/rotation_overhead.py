@@ -110,12 +110,14 @@ def measure(model_name: str, row: str, device: str, repeat: int, block_size: int
         b = {"base_state": sum(t.untyped_storage().nbytes() for st in opt.state.values()
                                for t in st.values() if isinstance(t, torch.Tensor)),
              "shadow": 0, "rotation": 0}
-    return {"model": model_name, "row": row, "params": n, "ms": 1e3 * statistics.median(times),
+    stat = min if os.environ.get("ROTATION_BENCH_STAT") == "min" else statistics.median
+    return {"model": model_name, "row": row, "params": n, "ms": 1e3 * stat(times),
             "build_s": build_s, "bytes": b, "rss_added": after - before, "peak": peak}
 
 
 def run_child(args, model_name: str, row: str, code_dir: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code_dir), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code_dir), str(REPO)]),
+               ROTATION_BENCH_STAT=args.stat)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model_name, row,
            "--device", args.device, "--repeat", str(args.repeat),
            "--block-size", str(args.block_size), "--threads", str(args.threads)]
@@ -180,6 +182,8 @@ def main(argv=None):
     ap.add_argument("--block-size", type=int, default=768)
     ap.add_argument("--scopes", default=",".join(SCOPES))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="per-row statistic of the timed steps (min: on a busy machine)")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="directory with an older rotations/ package to compare against")
     ap.add_argument("--train", action="store_true", help="also time whole training steps")
@@ -198,7 +202,7 @@ def main(argv=None):
             f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
             f"threads, load {os.getloadavg()[0]:.1f})")
     print(f"device: {name}; torch {torch.__version__}; block_size {args.block_size}; "
-          f"median of {args.repeat} steps")
+          f"{args.stat} of {args.repeat} steps")
     rows = ROWS[:2] + [s for s in args.scopes.split(",") if s]
     impls = [("after", REPO)] + ([("before", args.baseline.resolve())] if args.baseline else [])
     for model_name in args.models.split(","):

@@ -1,23 +1,8 @@
-"""Parameter layout: how every parameter is seen as one or more *layers* (matrices).
-
-A model describes itself to the rotation engine as a list of :class:`LayerView`. Each view
-is one "layer" of the docs/CONVENTIONS.md (§3): a matrix ``(out, in)`` in PyTorch's Linear
-layout, cut out of a parameter tensor:
-
-* ``rows=(a, b)`` takes a row block of the parameter (fused Q/K/V stored in one
-  ``c_attn`` weight become three views of ``768 x 768``);
-* ``transpose=True`` uses the transposed matrix (untied ``nn.Embedding`` weights, stored
-  ``(num, dim)``, are rotated as ``(dim, num)``; App. B.1);
-* conv kernels ``(out, in, kh, kw)`` are seen as ``(out, in*kh*kw)``;
-* 1-D parameters (norm gains, biases) are seen as a column ``(dim, 1)``.
-
-Models resolve the *type* of every view from their own module structure (``query``,
-``key``, ``value``, ``attn_out``, ``mlp_in``, ``mlp_out``, ``embedding``, ``position``,
-``layernorm``, ``lm_head``; vision models add ``patch_embed``, ``conv``, ``norm``, ``fc``,
-``head``) by implementing ``rotation_layout()``. :func:`infer_layout` is the generic
-fallback that walks standard modules.
-
-Pure PyTorch: no Lightning import.
+"""Parameter layout: every parameter seen as one or more *views*, i.e. layers as ``(out, in)``
+matrices (row blocks for fused Q/K/V, transposed untied embeddings, conv kernels flattened,
+1-D parameters as columns; docs/CONVENTIONS.md §3). "Views" is the one name for the list of
+:class:`LayerView` a model describes itself with (``rotation_layout()``, or
+:func:`infer_layout` as the generic fallback). Pure PyTorch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every optimizer in every basis (issue: optimizer zoo): each runs under each scope through
+"""Every optimizer in every basis (rotations.zoo): each runs under each scope through
 the LightningModule's optimizer construction; Muon through adamrot equals torch.optim.Muon on
 the hidden matrices (fused Q/K/V split into three); rotation-invariant rules stay invariant;
 the β1 = β2 statistics callback logs what the state says."""

@@ -1,5 +1,5 @@
-"""Batched rotations (issue #9): the optimizer rotates stacks of same-shape layers with one
-batched matmul. These tests check the batched path against a straightforward reference —
+"""Batched rotations (rotations.batched, rotations.stacks): the optimizer rotates stacks of
+same-shape layers with one batched matmul. These tests check the batched path against a straightforward reference —
 the dense ``R`` of every rotation built from :meth:`BlockRotation.dense` (or the dense SVD
 bases) and applied with a plain float64 matmul — for every scope, on a tiny GPT with two
 layers of every shape and block sizes that do and do not divide the dimensions."""

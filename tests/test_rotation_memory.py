@@ -1,4 +1,4 @@
-"""The rotation's memory floor (issue 18), by tensor bytes: the int32 permutation is stored
+"""The rotation's memory floor (docs/ROTATIONS.md), by tensor bytes: the int32 permutation is stored
 once (no inverse, no int64 copy), the Haar blocks once in the compute dtype (no float64
 masters kept), SVD bases once; and the sampled rotations are the same as before from the
 same seed (docs/ROTATIONS.md)."""

@@ -1,4 +1,4 @@
-"""The rotation engine: sampling, scopes, and the rotated optimizer step (issue: rotation
+"""The rotation engine: sampling, scopes, and the rotated optimizer step (rotation
 engine). The most important property is Proposition 1: SGD with momentum is
 rotation-equivariant, so under every scope its trajectory equals the unrotated one."""
 from __future__ import annotations

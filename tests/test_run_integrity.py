@@ -119,6 +119,13 @@ def test_1_saved_config_writes_only_into_the_new_directory(run, tmp_path, capsys
                   "--trainer.default_root_dir", str(tmp_path / "other"))
     assert "no checkpoint in" in err and str(tmp_path / "other") in err
     assert files(run) == before and not (tmp_path / "other").exists()
+    # configs saved by older versions also recorded the checkpoint the run resumed from
+    template["ckpt_path"] = str(run / "checkpoints/last.ckpt")
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(template))
+    err = refused(capsys, "fit", "--config", str(tmp_path / "old.yaml"),
+                  "--trainer.default_root_dir", str(tmp_path / "other"))
+    assert "comes from a config file" in err and "--ckpt_path on the command line" in err
+    assert files(run) == before and not (tmp_path / "other").exists()
 
 
 # ---- 2. the newest checkpoint by recorded step, whatever its name ---------------------------

@@ -1,5 +1,7 @@
-"""Defects found by re-deriving the rotated step independently (issue 14), and the one rule
-for an impossible ``rotation.block_size`` (issue 16 item 9). Each test failed before its fix."""
+"""Semantics of the rotated step at its edges, each checked against an independent derivation
+(docs/CONVENTIONS.md §1, §4, §5): weight decay in every mode and scope, the first step after an
+SVD refresh in float32, parameters without a gradient, and the one rule for an impossible
+``rotation.block_size``."""
 from __future__ import annotations
 
 import functools

@@ -23,24 +23,21 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def plan(sw: Sweep, only_failed: bool) -> tuple[list[Todo], dict[str, str]]:
-    """The runs to launch now and every run's action (a submitted job still queued or
-    running is left alone: ``submitted``)."""
-    todo, actions = [], {}
+def plan(sw: Sweep, only_failed: bool) -> list[Todo]:
+    """The runs to launch now (a submitted job still queued or running is left alone)."""
+    todo = []
     n = len(sw.runs)
     for i, r in enumerate(sw.runs, 1):
         e = sw.entries[r.name]
         if e["status"] in ("queued", "running") and e.get("launcher") in ("local", "slurm"):
-            actions[r.name] = "submitted"
             continue
         act = plan_action(e, str(sw.run_dir(r)), only_failed)
-        actions[r.name] = act
         if act in ("skip-finished", "skip"):
             why = "finished" if act == "skip-finished" else f"{e['status']}, --only-failed"
             _say(f"[{i}/{n}] skip   {r.name} ({why})")
         else:
             todo.append(Todo(f"[{i}/{n}]", r, act))
-    return todo, actions
+    return todo
 
 
 def dry_run(spec: SweepSpec, sw: Sweep, opts: LaunchOptions, only_failed: bool) -> int:
@@ -85,15 +82,17 @@ def run_sweep(spec: SweepSpec, *, opts: LaunchOptions | None = None, only_failed
         sw.save()
         t0 = time.monotonic()
         try:
+            if any(e.get("launcher") in ("local", "slurm") for e in sw.index["runs"]):
+                from adamrot.sweep.submit import refresh
+
+                refresh(sw)  # what became of the jobs submitted earlier
+                sw.save()
+            todo = plan(sw, only_failed)
             if opts.launcher == "process":
-                todo, _ = plan(sw, only_failed)
                 n_run = run_pool(sw, todo, slots, base_env, child_grace_s)
             else:
-                from adamrot.sweep.submit import refresh, run_jobs
+                from adamrot.sweep.submit import run_jobs
 
-                refresh(sw)
-                sw.save()
-                todo, _ = plan(sw, only_failed)
                 n_run = run_jobs(sw, todo, opts, slots, {k: base_env[k] for k in (
                     "PYTHONUNBUFFERED", "ADAMROT_SWEEP_NAME")})
         except KeyboardInterrupt:

@@ -253,8 +253,10 @@ class Sweep:
         save_index(self.out_dir, self.index)
 
     def mark_interrupted(self) -> int:
-        """Runs still ``running`` in the index become ``interrupted`` (resumed next time)."""
-        live = [e for e in self.index["runs"] if e["status"] == "running"]
+        """Child processes of this sweep still ``running`` in the index become ``interrupted``
+        (resumed next time); submitted jobs keep their state."""
+        live = [e for e in self.index["runs"] if e["status"] == "running"
+                and e.get("launcher") in (None, "process")]
         for e in live:
             e["status"] = "interrupted"
         if live:

@@ -70,6 +70,7 @@ def _start(sw: Sweep, t: Todo, slot: int, slots, env: dict[str, str]) -> _Child:
     run_dir = str(sw.run_dir(t.run))
     cmd = build_command(sw.spec, t.run, run_dir, ck)
     start_attempt(e, cmd, ck, "running")
+    e.update(launcher="process", job_id=None)
     sw.save()
     devices = slots[slot]
     what = "resume" if ck else ("rerun " if t.action == "rerun" else "start ")

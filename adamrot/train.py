@@ -134,6 +134,9 @@ class AdamrotCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", RunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"prog": "adamrot"})
+        argv = kwargs.get("args")
+        self._argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)] \
+            if not isinstance(argv, dict) else []
         self._resume: Optional[rs.Resume] = None
         self._run_state: Optional[RunState] = None
         super().__init__(*args, **kwargs)
@@ -192,7 +195,15 @@ class AdamrotCLI(LightningCLI):
         ckpt = str(ckpt) if ckpt else None
         if ckpt and (ckpt in rs.PASSTHROUGH or ckpt.startswith("registry") or "://" in ckpt):
             return
-        found = rs.locate(ckpt, cfg.get("resume", "auto"), self.run_dir() / "checkpoints")
+        root = self.run_dir()
+        on_command_line = any(a == "--ckpt_path" or a.startswith("--ckpt_path=")
+                              for a in self._argv)
+        if ckpt and ckpt != "last" and not on_command_line and not _inside(ckpt, root):
+            raise ConfigError(
+                f"ckpt_path {ckpt} comes from a config file and is not in this run's directory "
+                f"{root}: a saved config is a template, not a resume. To start from that "
+                "checkpoint, pass --ckpt_path on the command line")
+        found = rs.locate(ckpt, cfg.get("resume", "auto"), root / "checkpoints")
         if found is None:
             return
         path, how = found

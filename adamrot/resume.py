@@ -110,7 +110,12 @@ def _peak_lrs(ckpt: dict) -> Optional[float]:
     return None
 
 
-def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict) -> Resume:
+#: trainer keys that are where the run lives, not how it trains (not reported as changes)
+TRAINER_PLACE = ("default_root_dir", "logger")
+
+
+def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict,
+            trainer: Optional[dict] = None) -> Resume:
     """Check ``ckpt`` against the config's ``model``/``data`` sections (plain dicts): refuse
     (:class:`ConfigError`, both values named) any difference outside :data:`APPLIED` /
     :data:`RUNTIME`; data differences are reported as a warning by the caller."""
@@ -142,6 +147,9 @@ def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict) -> Re
     theirs_d = record.get("data") if record.get("data") else ckpt.get("datamodule_hyper_parameters")
     out.data_changes = diff(_hparams_view(theirs_d or {}), _hparams_view(data), "data") \
         if theirs_d else []
+    theirs_t = {k: v for k, v in (record.get("trainer") or {}).items() if k not in TRAINER_PLACE}
+    mine_t = {k: v for k, v in (trainer or {}).items() if k not in TRAINER_PLACE}
+    out.changes += diff(theirs_t, mine_t, "trainer")          # allowed; logged and recorded
     return out
 
 

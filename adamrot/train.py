@@ -209,7 +209,7 @@ class AdamrotCLI(LightningCLI):
         path, how = found
         dump = self._dump()
         self._resume = rs.compare(path, how, rs.load(path, how), dump.get("model") or {},
-                                  dump.get("data") or {})
+                                  dump.get("data") or {}, dump.get("trainer") or {})
         rank_zero_info(f"adamrot: resuming from {path} at step {self._resume.step} ({how})")
         if self._resume.data_changes:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in self._resume.data_changes)
@@ -268,7 +268,7 @@ class AdamrotCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         dump = self._dump()
-        self._run_state = RunState({"model": dump.get("model"), "data": dump.get("data")})
+        self._run_state = RunState({k: dump.get(k) for k in ("model", "data", "trainer")})
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         extra.append(self._run_state)
         if sub == "fit" and self._resume is not None:

@@ -154,8 +154,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RunState(Callback):
     """Run counters that belong in a checkpoint: the module's ``tokens_seen`` (so
-    ``train/tokens`` continues on resume) and ``config`` — the ``model``/``data`` sections the
-    run was trained with, compared on resume (``adamrot/resume.py``).
+    ``train/tokens`` continues on resume) and ``config`` — the ``model``/``data``/``trainer``
+    sections the run was trained with, compared on resume (``adamrot/resume.py``).
 
     Also tells the CLI whether this process has completed an optimizer step (``stepped``):
     an error before that is a configuration error, with nothing of the run to keep.

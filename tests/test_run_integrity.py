@@ -178,7 +178,8 @@ def test_4_new_lr_is_applied_from_the_next_step_and_recorded(run):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 1e-3
     change = yaml.safe_load((run / "resumes.jsonl").read_text().splitlines()[-1])
-    assert change["step"] == 4 and change["changes"] == {"model.optimizer.lr": [0.003, 0.001]}
+    assert change["step"] == 4 and change["changes"] == {"model.optimizer.lr": [0.003, 0.001],
+                                                         "trainer.max_steps": [4, 6]}
 
 
 @pytest.mark.parametrize("args, expected", [

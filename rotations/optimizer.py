@@ -15,22 +15,13 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from .config import RotationConfig
-from .layout import LayerView, check_layout
 from .batched import Bucket, SVDBucket, build_buckets
-from .scopes import IdentityUnit, RotationPlan, SVDUnit
-from .zoo import is_decoupled as zoo_is_decoupled
+from .layout import LayerView, check_layout
+from .scopes import IdentityUnit, RotationPlan
 from .zoo import weight_decay_mode
 
 #: state entries that are linear in the gradients (transported on an SVD refresh)
 LINEAR_STATE_KEYS = ("exp_avg", "momentum_buffer")
-
-
-def is_decoupled(opt: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer's ``weight_decay`` is decoupled (``w ← w − lr·wd·w``);
-    optimizers without weight decay count as coupled (nothing to apply)."""
-    if "weight_decay" not in opt.defaults:
-        return False
-    return bool(zoo_is_decoupled(opt))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_max_overlap_counts():
     assert max_overlap([(0, 5), (1, 2), (1.5, 3)]) == 3
 
 
-def test_jobs2_bound_isolation_and_index(ws, monkeypatch):
+def test_jobs2_bound_isolation_and_index(ws, monkeypatch, capsys):
     write_sweep(ws / "s.yaml", sweep_dict(grid=FOUR))
     out = ws / "runs" / "demo"
     monkeypatch.setenv("FAKE_SLEEP", "0.8")
@@ -66,6 +67,13 @@ def test_jobs2_bound_isolation_and_index(ws, monkeypatch):
     assert {c["env"]["OMP_NUM_THREADS"] for n in idx for c in calls(out / n)} == {
         str(max(1, cores // 2))}
     assert not (out / ".sweep.lock").exists()
+    capsys.readouterr()
+    assert sw.main(["s.yaml", "--status"]) == 0  # reads only
+    status = capsys.readouterr().out
+    assert re.search(r"^seed=1\s+failed\s+rc=3", status, re.M)
+    assert re.search(r"^\s+\| RuntimeError: boom$", status, re.M)
+    assert re.search(r"^seed=0\s+finished\s+rc=0", status, re.M)
+    assert "demo: finished=3, failed=1" in status
 
     # a second pass reruns only the failed run
     monkeypatch.setenv("FAKE_FAIL", "")

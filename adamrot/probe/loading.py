@@ -93,10 +93,14 @@ class Loaded:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """``torch.load(weights_only=True)`` of a training checkpoint; a truncated or foreign
-    file is a :class:`ProbeError` naming it."""
+    """A training checkpoint loaded as training loads it (``weights_only=True``, checksum
+    verified); a truncated, corrupt or foreign file is a :class:`ProbeError` naming it."""
+    from callbacks.checkpoint_io import CheckpointCorrupt, load_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path, mmap=False)
+    except CheckpointCorrupt as e:
+        raise ProbeError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProbeError(f"{path}: cannot read the checkpoint (truncated or not a checkpoint: "

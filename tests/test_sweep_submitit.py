@@ -8,12 +8,13 @@ variables, ``scontrol requeue`` runs the script again once it has exited.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
-import itertools
 import textwrap
 import time
 from pathlib import Path
@@ -34,8 +35,9 @@ jid = str(int(os.environ["FAKE_SLURM_FIRST_ID"]) + len(list(d.glob("*.script")))
 (d / f"{jid}.state.tmp").write_text("PENDING")
 os.replace(d / f"{jid}.state.tmp", d / f"{jid}.state")  # sacct never sees half a state
 if not os.environ.get("FAKE_SLURM_HOLD"):
-    subprocess.Popen([sys.executable, str(d / "runner.py"), jid], start_new_session=True,
-                     stdout=open(d / f"{jid}.batch.log", "a"), stderr=subprocess.STDOUT)
+    runner = subprocess.Popen([sys.executable, str(d / "runner.py"), jid], start_new_session=True,
+                              stdout=open(d / f"{jid}.batch.log", "a"), stderr=subprocess.STDOUT)
+    (d / f"{jid}.runner").write_text(str(runner.pid))  # its process group: the whole job
 print(f"Submitted batch job {jid}")
 """
 
@@ -143,7 +145,12 @@ def slurm(ws, monkeypatch):
     monkeypatch.setenv("FAKE_SLURM_FIRST_ID", str(next(_FIRST_IDS)))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return d
+    yield d
+    for f in d.glob("*.runner"):  # a test that failed half-way leaves no job behind
+        try:
+            os.killpg(int(f.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def jid(k: int = 0) -> str:
@@ -324,3 +331,32 @@ def test_local_launcher_runs_tiny_gpt_and_report_reads_it(tmp_path, monkeypatch)
     assert report_main([str(out), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "summary.csv").read_text()
     assert "none" in table and "global" in table
+
+
+def test_local_launcher_ctrl_c(ws):
+    """Ctrl-C on a sweep waiting for local submitit jobs: one line, exit 130, the jobs cancelled
+    (their trainers gone), the runs interrupted; submitit's own messages stay in its log."""
+    write_sweep(ws / "s.yaml", sweep_dict(grid={"seed_everything": [0, 1]},
+                                          launch={"launcher": "local", "jobs": 2}))
+    out = ws / "runs" / "demo"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               FAKE_SLEEP="120")
+    p = subprocess.Popen(  # in its own process group, which gets the terminal's SIGINT
+        [sys.executable, "-m", "adamrot.cli", "sweep", "s.yaml"], cwd=ws, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: (os.setpgrp(), signal.signal(signal.SIGINT, signal.SIG_DFL)))
+    try:
+        wait_for(lambda: all(len(calls(out / n)) == 1 for n in ("seed=0", "seed=1")),
+                 what="both trainers")
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "adamrot sweep: interrupted" in stderr
+    idx = index(out)
+    assert [e["status"] for e in idx.values()] == ["interrupted", "interrupted"]
+    for name in idx:
+        pid = calls(out / name)[0]["pid"]
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what="trainer exit")

@@ -8,6 +8,7 @@ records (``RUN_DIR/job.json``) whenever it runs (also ``--status``). See ``docs/
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -159,7 +160,9 @@ def submit_one(sw: Sweep, ex: submitit.Executor, opts: LaunchOptions, t: Todo,
         ex.update_parameters(job_name=job_name(sw, run))
     else:
         ex.update_parameters(gpus_per_node=len(slot or ()), visible_gpus=[int(g) for g in slot or ()])
-    job = ex.submit(RunJob(cmd, str(run_dir), job_env))
+    with _controller_output(sw.out_dir / JOBS_DIR / "local_controller.log",
+                            opts.launcher == "local"):
+        job = ex.submit(RunJob(cmd, str(run_dir), job_env))
     e = sw.entries[run.name]
     start_attempt(e, cmd, t.action == "resume", "queued")
     e.update(launcher=opts.launcher, job_id=str(job.job_id), submitted_at=now(),
@@ -168,6 +171,29 @@ def submit_one(sw: Sweep, ex: submitit.Executor, opts: LaunchOptions, t: Todo,
     sw.say(f"{t.tag} submit {run.name} ({opts.launcher} job {job.job_id}"
            + (", resumes" if t.action == "resume" else "") + ")")
     return job
+
+
+@contextlib.contextmanager
+def _controller_output(path: Path, redirect: bool):
+    """submitit's local controller process inherits the sweep's stdout/stderr: give it a log file
+    instead, so that its own messages (e.g. its traceback on Ctrl-C) stay off the terminal."""
+    if not redirect:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def run_jobs(sw: Sweep, todo: list[Todo], opts: LaunchOptions,

@@ -83,9 +83,10 @@ def job_handle(launcher: str, out_dir: Path, job_id: str) -> submitit.Job:
 def scheduler_state(launcher: str, job: submitit.Job) -> str:
     """``queued``, ``running``, ``done`` or ``unknown`` (not yet in the accounting)."""
     if launcher == "local":
-        if job._process is not None:  # submitted by this process
-            return "running" if job._process.poll() is None else "done"
-        return "running" if _pid_alive(int(job.job_id)) else "done"
+        state = job.state  # RUNNING / FINISHED / INTERRUPTED, or NO PROCESS… if not ours
+        if state.startswith("NO PROCESS"):  # submitted by an earlier call: its controller's pid
+            return "running" if _pid_alive(int(job.job_id)) else "done"
+        return "running" if state == "RUNNING" else "done"
     state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
     if state in _SLURM_QUEUED:
         return "queued"

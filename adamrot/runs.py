@@ -13,7 +13,7 @@ from typing import Any
 
 from callbacks.files import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 
-__all__ = ["canon", "DirLock", "LockedError", "atomic_write", "atomic_torch_save",
+__all__ = ["canon", "pid_alive", "DirLock", "LockedError", "atomic_write", "atomic_torch_save",
            "exit_with_launcher", "EXIT_PEER_LOST", "LAUNCHER_ENV"]
 
 #: exit status of a DDP rank that lost its launcher (the process that started it died)
@@ -31,7 +31,8 @@ class LockedError(RuntimeError):
     """Another live process holds the directory's lock."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (owned by anyone)."""
     if pid <= 0:
         return False
     try:
@@ -69,7 +70,7 @@ class DirLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, cmd = self.owner()
-                if pid != os.getpid() and _alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     raise LockedError(
                         f"another {self.what} (pid {pid}: {cmd or '?'}) is writing to "
                         f"{self.path.parent}; remove {self.path} if that is wrong")

@@ -18,6 +18,7 @@ from typing import Any
 
 import submitit
 
+from adamrot.runs import pid_alive
 from adamrot.sweep.index import (JOB_RECORD, LOG_NAME, Sweep, end_attempt, log_tail, now,
                                  prepare_run, read_job_record, start_attempt)
 from adamrot.sweep.job import RunJob
@@ -85,7 +86,7 @@ def scheduler_state(launcher: str, job: submitit.Job) -> str:
     if launcher == "local":
         state = job.state  # RUNNING / FINISHED / INTERRUPTED, or NO PROCESS… if not ours
         if state.startswith("NO PROCESS"):  # submitted by an earlier call: its controller's pid
-            return "running" if _pid_alive(int(job.job_id)) else "done"
+            return "running" if pid_alive(int(job.job_id)) else "done"
         return "running" if state == "RUNNING" else "done"
     state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
     if state in _SLURM_QUEUED:
@@ -93,16 +94,6 @@ def scheduler_state(launcher: str, job: submitit.Job) -> str:
     if state in _SLURM_RUNNING:
         return "running"
     return "unknown" if state == "UNKNOWN" else "done"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def refresh(sw: Sweep, handles: dict[str, submitit.Job] | None = None) -> list[str]:

@@ -268,7 +268,8 @@ class AdamrotCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         dump = self._dump()
-        self._run_state = RunState({k: dump.get(k) for k in ("model", "data", "trainer")})
+        self._run_state = RunState({k: dump.get(k) for k in ("model", "data", "trainer")},
+                                   run_dir=str(self.run_dir()) if sub == "fit" else None)
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         extra.append(self._run_state)
         if sub == "fit" and self._resume is not None:
@@ -284,6 +285,9 @@ class AdamrotCLI(LightningCLI):
             name = None
         try:
             check_optimizer(self.model, name)
+            identity = getattr(self.datamodule, "identity", None)
+            if callable(identity) and (self.run_dir() / RunState.DATA_FILE).is_file():
+                RunState.check_data(str(self.run_dir()), identity())
             if self._resume is not None:
                 self._check_checkpoint_shapes()
                 build = getattr(self.model, "build_optimizer", None)

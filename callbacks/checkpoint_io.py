@@ -4,6 +4,7 @@ carries (tokens seen, the config it was trained with). See docs/RUNS.md."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -159,12 +160,46 @@ class RunState(Callback):
 
     Also tells the CLI whether this process has completed an optimizer step (``stepped``):
     an error before that is a configuration error, with nothing of the run to keep.
+
+    With ``run_dir``, the data the run is trained and validated on (the datamodule's
+    ``identity()``: prepared key, digest of the validation windows) is written to
+    ``run_dir/data.json`` on the first ``fit`` and compared on every later one: a run whose
+    validation set changed (a cache prepared by another version, another ``val_max_tokens``)
+    is refused instead of continuing with numbers that no longer compare.
     """
 
-    def __init__(self, config: Optional[dict] = None):
+    DATA_FILE = "data.json"
+
+    def __init__(self, config: Optional[dict] = None, run_dir: Optional[str] = None):
         self.config = config or {}
+        self.run_dir = run_dir
         self.stepped = False
         self._start: Optional[int] = None
+
+    @classmethod
+    def check_data(cls, run_dir: str, identity: dict) -> Path:
+        """Raise ``ValueError`` naming ``run_dir/data.json`` when it records other data than
+        ``identity``; returns its path (absent for a new run)."""
+        path = Path(run_dir) / cls.DATA_FILE
+        if path.is_file():
+            theirs = json.loads(path.read_text())
+            changed = [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in identity.items()
+                       if k in theirs and theirs[k] != v]
+            if changed:
+                raise ValueError(f"{path}: this run was trained on other data ("
+                                 + "; ".join(changed) + "); its validation numbers would not "
+                                 "compare. Start a new run directory, or restore the data")
+        return path
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        identity = getattr(trainer.datamodule, "identity", None)
+        if self.run_dir is None or not callable(identity):
+            return
+        mine = identity()
+        path = self.check_data(self.run_dir, mine)    # the CLI checked before writing anything
+        if not path.is_file() and trainer.is_global_zero:
+            atomic_write_with(str(path), lambda f: f.write(
+                (json.dumps(mine, indent=1, sort_keys=True) + "\n").encode()))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[RUN_STATE_KEY] = {"tokens_seen": int(getattr(pl_module, "tokens_seen", 0)),

@@ -30,6 +30,7 @@ FORMATS = {"text": "adamrot-prepared-text-v1", "images": "adamrot-prepared-image
 MANIFEST = "adamrot_prepared.json"
 CHUNK_TOKENS = 1 << 23          # tokens per litdata chunk (windows are shuffled within one)
 MIN_VAL_BYTES = 16 * 1024       # in-memory corpora hold out at least this (<= 1/4 of them)
+SPLIT_RULE = "content-score-v2"  # change it (and the cache key changes) when the split rule does
 SOURCES = ("embedded", "local", "hub")
 
 
@@ -122,12 +123,16 @@ def _write_part(job: dict) -> dict:
                                         job["parts"]), corpus.max_bytes)
         side = lambda text: C.holdout_score(text) < job["val_fraction"]  # noqa: E731
     stats = {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
+    val: list[tuple[float, np.ndarray]] = []    # written by the parent, in canonical order
     report, pending = job.get("report"), 0
     for i, (text, ids) in enumerate(_token_arrays(texts, tokenizer)):
         split = "val" if side(text) else "train"
         tokens = np.empty(len(ids) + 1, dtype=dtype)
         tokens[:-1], tokens[-1] = ids, tokenizer.eot_token
-        writer(split).add_item(stats[f"{split}_documents"], torch.from_numpy(tokens))
+        if split == "val":
+            val.append((C.holdout_score(text), tokens))
+        else:
+            writer(split).add_item(stats["train_documents"], torch.from_numpy(tokens))
         stats[f"{split}_documents"] += 1
         stats[f"{split}_tokens"] += len(tokens)
         pending += len(tokens)
@@ -138,7 +143,27 @@ def _write_part(job: dict) -> dict:
         w.done()
     if report is not None and pending:
         report(pending)
-    return stats
+    return {**stats, "val": val}
+
+
+def _write_val(out: str, docs: list[tuple[float, np.ndarray]]) -> str:
+    """Write the validation documents as one stream in a canonical order (by content score,
+    then tokens), whatever order the corpus or the workers produced them in; returns the
+    sha256 of that token stream (the manifest's ``val_sha256``)."""
+    import torch
+    from litdata import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    docs = sorted(docs, key=lambda d: (d[0], d[1].tobytes()))
+    digest = hashlib.sha256()
+    writer = BinaryWriter(os.path.join(out, "val"), chunk_size=CHUNK_TOKENS,
+                          item_loader=TokensLoader())
+    writer._rank = 0
+    for i, (_, tokens) in enumerate(docs):
+        digest.update(tokens.astype(np.uint32).tobytes())
+        writer.add_item(i, torch.from_numpy(tokens))
+    writer.done()
+    return digest.hexdigest()
 
 
 def run_parts(fn: Callable[[dict], dict], jobs: list[dict], progress: bool,
@@ -275,14 +300,18 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
     spec = asdict(corpus)
     spec["paths"] = [p if any(c in p for c in "*?[") else str(Path(p).expanduser().resolve())
                      for p in corpus.paths]
+    heldout = (C.split_heldout(texts, val_fraction, MIN_VAL_BYTES, corpus.label)
+               if texts is not None else None)
+    split = {"rule": SPLIT_RULE, "min_val_bytes": MIN_VAL_BYTES}
+    if heldout is not None:                     # the held-out set itself, whatever the rule
+        split["heldout"] = hashlib.sha256(np.flatnonzero(heldout).tobytes()).hexdigest()
     material = {"corpus": spec, "tokenizer": tok.name, "val_fraction": val_fraction,
-                "content": content}
+                "content": content, "split": split}
 
     def build(local: Path) -> dict:
         base = {"out": str(local), "tokenizer": tokenizer, "ranks_file": ranks_file,
                 "val_fraction": val_fraction}
         if texts is not None:
-            heldout = C.split_heldout(texts, val_fraction, MIN_VAL_BYTES, corpus.label)
             parts = np.array_split(np.arange(len(texts)), max(1, min(workers, len(texts))))
             jobs = [{**base, "part": w, "texts": [texts[i] for i in idx],
                      "heldout": heldout[idx].tolist()} for w, idx in enumerate(parts)]
@@ -290,6 +319,7 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
             n = 1 if corpus.max_bytes is not None else workers  # a byte cap is on the stream
             jobs = [{**base, "part": w, "parts": n, "corpus": asdict(corpus)} for w in range(n)]
         stats = run_parts(_write_part, jobs, progress, "tok")
+        val = [doc for s in stats for doc in s.pop("val")]
         totals = {k: sum(s[k] for s in stats) for k in stats[0]}
         if totals["val_tokens"] == 0 or totals["train_tokens"] == 0:
             empty = "validation" if totals["train_tokens"] else "training"
@@ -298,7 +328,8 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
                               " it, or use a larger corpus")
         return {"corpus": corpus.label, "source": corpus.source, "tokenizer": tok.name,
                 "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
-                "val_fraction": val_fraction, "corpus_hash": content, **totals}
+                "val_fraction": val_fraction, "corpus_hash": content, "split": split,
+                "val_sha256": _write_val(str(local), val), **totals}
 
     return prepare_once("text", material, build, out, cache_dir, log)
 

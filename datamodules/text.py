@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import math
 import signal
 import weakref
@@ -214,6 +215,16 @@ class TextDataModule(L.LightningDataModule):
                              "val_fraction or corpus")
         self.val_windows = torch.stack([val[i] for i in range(n)]).to(torch.int64)
 
+    def identity(self) -> dict:
+        """What a run's numbers depend on in the data: the prepared key and a digest of the
+        validation windows this module evaluates on (written to the run's ``data.json`` and
+        compared on every later ``fit`` of that run: ``callbacks.checkpoint_io.RunState``)."""
+        self.setup()
+        digest = hashlib.sha256(self.val_windows.numpy().tobytes()).hexdigest()[:16]
+        return {"prepared_key": self.manifest.get("key"), "corpus": self.manifest["corpus"],
+                "tokenizer": self.manifest["tokenizer"], "val_windows": len(self.val_windows),
+                "val_digest": digest}
+
     # -- loaders -----------------------------------------------------------------------
 
     def train_dataloader(self) -> TrainLoader:
@@ -282,7 +293,8 @@ class TextDataModule(L.LightningDataModule):
                 "documents": m["train_documents"] + m["val_documents"],
                 "train_documents": m["train_documents"], "val_documents": m["val_documents"],
                 "train_tokens": m["train_tokens"], "val_windows": len(self.val_windows),
-                "val_tokens": self.val_windows.numel()}
+                "val_tokens": self.val_windows.numel(),
+                "val_digest": self.identity()["val_digest"]}
 
     def unigram_entropy(self) -> float:
         """Entropy (nats) of the unigram distribution of the validation targets: the loss

@@ -510,3 +510,20 @@ def test_difference_intervals_from_event_files_match_scipy(tmp_path):
     n = rows["scope=none"]
     lo, hi = st.t.interval(0.95, 2, loc=np.mean(list(none.values())), scale=st.sem(list(none.values())))
     assert float(n["final_val_loss_ci95"]) == pytest.approx((hi - lo) / 2, rel=1e-9)
+
+
+def test_runs_on_different_validation_sets_are_flagged(tmp_path, capsys):
+    """``data.json`` (written by ``adamrot fit``) names each run's validation digest; a report
+    over runs validated on different windows says so (their val/ numbers do not compare)."""
+    root = tmp_path / "runs"
+    for scope, digest in (("none", "aaaa"), ("global", "bbbb"), ("layerwise", "aaaa")):
+        d = root / f"run_{scope}"
+        write_run(d, config(scope, 0), {"val/loss": [(100, 4.0), (200, 3.0)]})
+        (d / "data.json").write_text(json.dumps({"val_digest": digest, "val_windows": 8}))
+    assert rp.main([str(root), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    assert "validated on 2 different validation sets" in err
+    assert "aaaa: 2 run(s)" in err and "bbbb: 1 run(s), e.g. run_global" in err
+    (root / "run_global" / "data.json").write_text(json.dumps({"val_digest": "aaaa"}))
+    assert rp.main([str(root), "--out", str(tmp_path / "rep2")]) == 0
+    assert "different validation sets" not in capsys.readouterr().err

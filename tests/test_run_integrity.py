@@ -154,6 +154,20 @@ def test_2_resume_never_does_not_mix_two_histories(run, capsys):
     assert files(run) == before
 
 
+def test_2_resume_on_another_validation_set_is_refused(run, capsys):
+    """A run records its data (``data.json``: prepared key, digest of the validation windows);
+    resuming it on a different validation set (here: another ``val_max_tokens``; in the wild:
+    a cache rebuilt by another version) is refused before anything is written."""
+    recorded = yaml.safe_load((run / "data.json").read_text())
+    assert recorded["val_windows"] == 1024 // 33 and len(recorded["val_digest"]) == 16
+    before = files(run)
+    err = refused(capsys, "fit", *TINY, "--data.init_args.val_max_tokens", "512",
+                  "--trainer.max_steps", "6", "--trainer.default_root_dir", str(run))
+    assert f"{run / 'data.json'}: this run was trained on other data" in err
+    assert "val_windows: 31 -> 15" in err
+    assert files(run) == before
+
+
 # ---- 3. validate never modifies the training run -------------------------------------------
 
 def test_3_validate_leaves_the_run_byte_identical(run, capsys):

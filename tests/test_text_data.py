@@ -419,6 +419,42 @@ def test_train_and_validation_never_share_a_document(tmp_path, monkeypatch):
     assert torch.equal(torch.cat(shares), dm.val_windows[:3 * len(shares[0]), :-1])
 
 
+def test_validation_is_identical_across_preparations_and_worker_counts(tmp_path, monkeypatch):
+    """The validation windows depend on the corpus, tokenizer and split rule only: preparing
+    again (a deleted cache), with other worker counts, or from the hub path with its workers
+    reading other files, gives bitwise the same windows and ``val_sha256``; a change of the
+    split rule changes the cache key instead of silently reusing or rebuilding under it."""
+    path = str(tagged_corpus(tmp_path / "c.jsonl", n=90, lo=300, hi=2500))
+    corpus = TextCorpus("local", (path,))
+
+    def windows(out, **kw):
+        _, m = prepare_text(corpus, out=tmp_path / out, val_fraction=0.2, **kw)
+        dm = TextDataModule(prepared=str(tmp_path / out), block_size=32, batch_size=4,
+                            val_max_tokens=40 * 33)
+        return m, dm.identity(), dm.val_windows
+
+    m1, id1, w1 = windows("a", workers=1)
+    m3, id3, w3 = windows("b", workers=3)
+    assert m1["key"] == m3["key"] and m1["val_sha256"] == m3["val_sha256"]
+    assert torch.equal(w1, w3) and id1 == id3
+    assert len(w1) == 40                     # the val_max_tokens cut: the same 40 windows
+    # the hub path (parts read other files, in another order) holds out the same documents
+    # as it always does and writes them in the same canonical order for any worker count
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)   # any hub access fails
+    (tmp_path / "pq").mkdir()
+    texts = write_parquet_parts(tmp_path / "pq", n_files=4, rows=30)
+    hub = TextCorpus("hub", hub_data_files=str(tmp_path / "pq" / "*.parquet"))
+    sha = {w: prepare_text(hub, out=tmp_path / f"hub{w}", val_fraction=0.2, workers=w)[1]
+           ["val_sha256"] for w in (1, 2, 4)}
+    assert len(set(sha.values())) == 1 and len(texts) == 116
+    # the split rule is part of the key: a new rule never reuses a cache made by the old one
+    monkeypatch.setattr(prepare_module, "MIN_VAL_BYTES", 64 * 1024)
+    _, m_rule = prepare_text(corpus, val_fraction=0.2)
+    assert m_rule["key"] != m1["key"] and m_rule["split"]["min_val_bytes"] == 64 * 1024
+
+
 def test_datamodule_batches_and_entropy():
     dm = TextDataModule(max_bytes=200_000, block_size=64, batch_size=4, val_batch_size=5)
     assert (dm.vocab_size, dm.eot_token) == (257, 256)

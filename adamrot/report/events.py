@@ -34,6 +34,7 @@ class RunData:
     path: str = ""
     status: str | None = None
     has_config: bool = True
+    data: dict[str, Any] | None = None      # the run's data.json (prepared key, val digest)
 
     def curve(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
         for t in (tag, tag + "_step", tag + "_epoch"):
@@ -222,8 +223,32 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunData]:
         cfg = read_config(ev, root)
         name = root.name if ev == root else f"{root.name}/{ev.relative_to(root)}"
         runs.append(RunData(name=name, config=cfg or {}, scalars=read_scalars(ev),
-                            path=str(root), status=status, has_config=cfg is not None))
+                            path=str(root), status=status, has_config=cfg is not None,
+                            data=read_data_identity(root)))
     if not runs:
         raise ReportError("no runs with TensorBoard event files found in "
                           + ", ".join(map(str, paths)))
+    warn_mixed_validation(runs)
     return runs
+
+
+def read_data_identity(run_root: Path) -> dict[str, Any] | None:
+    """The run's ``data.json`` (written by ``adamrot fit``), None for older runs."""
+    try:
+        return json.loads((run_root / "data.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def warn_mixed_validation(runs: Sequence[RunData]) -> dict[str, list[str]]:
+    """Runs grouped by validation digest; warns when there is more than one group (their
+    ``val/`` numbers were measured on different validation windows and do not compare)."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if r.data and r.data.get("val_digest"):
+            groups.setdefault(r.data["val_digest"], []).append(r.name)
+    if len(groups) > 1:
+        desc = "; ".join(f"{d}: {len(n)} run(s), e.g. {n[0]}" for d, n in groups.items())
+        warnings.warn(f"these runs were validated on {len(groups)} different validation sets "
+                      f"(data.json val_digest; {desc}): val/ numbers across them do not compare")
+    return groups

@@ -23,7 +23,7 @@ for s in "${steps[@]}"; do
   echo "=== $s $(date +%T)"
   case $s in
     quick) OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} $PY -m pytest -x -q tests/test_catalogue.py || exit 1 ;;
-    pilot)   # one unrotated fig1a run: do 1000 steps flatten the baseline (criterion < 2 %)?
+    pilot)   # one unrotated fig1a run: do 2000 steps flatten the baseline (criterion < 2 %)?
       d=$R/pilot
       [ -f "$d/done" ] || { $A fit --config configs/paper/cpu/gpt2_tiny.yaml --seed_everything 0 \
         --trainer.default_root_dir "$d" > "$d.log" 2>&1 && touch "$d/done"; } || exit 1

@@ -266,3 +266,32 @@ def test_probe_arguments_parse_and_a_tiny_probe_runs(tmp_path):
                      "--cauchy-vectors", "0", "--no-figures", "--no-progress"])
     assert rc in (0, None)
     assert (tmp_path / "probe" / "probe.json").exists()
+
+
+def test_evidence_archive_keeps_everything_but_checkpoints_and_restore_never_overwrites(tmp_path):
+    """``configs/paper/cpu/evidence.py``: the measured runs travel with the repository (events,
+    configs, index, probe outputs; no checkpoints, locks or regenerated reports), and restoring
+    them into a runs directory fills only what is missing."""
+    spec = importlib.util.spec_from_file_location("evidence", CPU / "evidence.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    runs, kept = tmp_path / "runs", tmp_path / "evidence"
+    run = runs / "fig1a" / "scope=none_seed=0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x" * 1000)
+    (run / "events.out.tfevents.1.vm.1.0").write_bytes(b"events")
+    (run / "config.yaml").write_text("seed_everything: 0\n")
+    (run / ".run.lock").write_text("123")
+    (runs / "fig1a" / "index.json").write_text("{}")
+    (runs / "reports" / "fig1a").mkdir(parents=True)
+    (runs / "reports" / "fig1a" / "summary.csv").write_text("label\n")
+    assert ev.main(["archive", "--runs", str(runs), "--evidence", str(kept)]) == 0
+    got = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert got == ["fig1a/index.json", "fig1a/scope=none_seed=0/config.yaml",
+                   "fig1a/scope=none_seed=0/events.out.tfevents.1.vm.1.0"]
+    fresh = tmp_path / "fresh"
+    (fresh / "fig1a").mkdir(parents=True)
+    (fresh / "fig1a" / "index.json").write_text('{"newer": true}')
+    assert ev.main(["restore", "--runs", str(fresh), "--evidence", str(kept)]) == 0
+    assert (fresh / "fig1a" / "index.json").read_text() == '{"newer": true}'   # not overwritten
+    assert (fresh / "fig1a/scope=none_seed=0/events.out.tfevents.1.vm.1.0").read_bytes() == b"events"

@@ -3,18 +3,20 @@
 #   bash configs/paper/run_cpu_twins.sh quick        # minutes: every twin parses and trains 2 steps
 #                                                    # (tests/test_catalogue.py; what CI runs)
 #   nohup bash configs/paper/run_cpu_twins.sh full > runs/paper/cpu/full.log 2>&1 &
-#                                                    # hours (~9 h on 2 cores): every twin, 3-5 seeds
+#                                                    # hours (see docs/REPRODUCE.md): every twin, 3-5 seeds
 #   bash configs/paper/run_cpu_twins.sh STEP ...      # some steps of the full tier (names below)
 # Re-running resumes: sweeps skip finished runs and resume interrupted ones, finished resumed
-# runs and probes are skipped. JOBS=2 OMP_NUM_THREADS=1 runs two sweep runs at once (untimed;
-# the estimate in docs/REPRODUCE.md is for one run at a time). Outputs in runs/paper/cpu/ (git-ignored); the last step (tables)
-# regenerates every table and figure of docs/REPRODUCE.md from the run directories.
+# runs and probes are skipped. JOBS=2 OMP_NUM_THREADS=1 runs two sweep runs at once. Outputs in
+# runs/paper/cpu/ (git-ignored); the step tables regenerates every table and figure of
+# docs/REPRODUCE.md from the run directories. The full tier starts by restoring the runs kept in
+# the repository (docs/evidence/cpu: events, configs, no checkpoints; configs/paper/cpu/evidence.py)
+# and ends by archiving them there, so a fresh clone continues where the last one stopped.
 set -u
 cd "$(dirname "$0")/../.."
 A=${ADAMROT:-.venv/bin/adamrot}
 PY=${PYTHON:-.venv/bin/python}
 R=runs/paper/cpu
-FULL=(pilot fig1a orth probes appA1 appA4 appC2 svdF beta2 muon og ogseeds onebeta onebetaseeds vit resnet tables)
+FULL=(restore pilot fig1a orth probes appA1 appA4 appC2 svdF beta2 muon og ogseeds onebeta onebetaseeds vit resnet tables archive)
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(full)
 [ "${steps[0]}" = full ] && steps=("${FULL[@]}")
 sweep() { $A sweep "$1" --jobs "${JOBS:-1}" || { echo "sweep $1 failed (rc $?)"; exit 1; }; }
@@ -68,6 +70,8 @@ PY
     vit) sweep configs/paper/cpu/fig1b_vit_scopes.sweep.yaml ;;
     resnet) sweep configs/paper/cpu/appC1_resnet50_scopes.sweep.yaml ;;
     tables) $PY configs/paper/cpu/summarize.py --write-docs > $R/catalogue.log ;;
+    restore) $PY configs/paper/cpu/evidence.py restore ;;   # docs/evidence/cpu -> runs (no overwrite)
+    archive) $PY configs/paper/cpu/evidence.py archive ;;   # runs -> docs/evidence/cpu (no checkpoints)
     *) echo "unknown step $s (quick, full, ${FULL[*]})"; exit 2 ;;
   esac
 done

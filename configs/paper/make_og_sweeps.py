@@ -64,9 +64,9 @@ CPU_LRS = {
     "adam": half_decades(-7),       # 3.16e-4 ... 3.16e-2
     "signum": half_decades(-8),     # 1e-4 ... 1e-2
     "rmsprop": half_decades(-8),    # 1e-4 ... 1e-2
-    "signsgd": half_decades(-9),    # 3.16e-5 ... 3.16e-3
+    "signsgd": half_decades(-9, 6), # 3.16e-5 ... 1e-2 (1e-2 added: 3.16e-3 was the edge optimum)
     "sgd": half_decades(-4),        # 0.01 ... 1
-    "sgd_clip": half_decades(-2),   # 0.1 ... 10
+    "sgd_clip": half_decades(-3, 6),  # 0.0316 ... 10 (0.0316 added: 0.1 was the edge optimum)
 }
 # Adam with beta1 = beta2 = 0.95 against AdamW (0.9, 0.95), each tuned on its own grid
 CPU_ONE_BETA = {

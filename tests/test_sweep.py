@@ -163,6 +163,22 @@ def test_grid_expansion_names_and_overrides():
                         "--ckpt_path", "runs/demo/x/checkpoints/last.ckpt"]
 
 
+def test_grid_order_changes_the_run_order_not_the_names():
+    """``grid_order: [seed_everything, scope]`` runs every scope's seed 0 first (so a sweep
+    stopped early holds equal seed counts per scope); names and overrides stay the same."""
+    grid = {"model.rotation.scope": ["none", "global", "svd"], "seed_everything": [0, 1]}
+    plain = sw.expand_runs(sw.parse_spec({"grid": grid}))
+    seeds_first = sw.expand_runs(sw.parse_spec(
+        {"grid": grid, "grid_order": ["seed_everything", "model.rotation.scope"]}))
+    assert [r.name for r in seeds_first] == [
+        "scope=none_seed=0", "scope=global_seed=0", "scope=svd_seed=0",
+        "scope=none_seed=1", "scope=global_seed=1", "scope=svd_seed=1"]
+    assert sorted((r.name, tuple(r.overrides.items())) for r in seeds_first) == \
+        sorted((r.name, tuple(r.overrides.items())) for r in plain)
+    with pytest.raises(sw.SweepConfigError, match="grid_order: expected a list holding each"):
+        sw.parse_spec({"grid": grid, "grid_order": ["seed_everything"]})
+
+
 def test_single_run_and_explicit_names():
     spec = sw.parse_spec({"fixed": {"a.b": 1}})
     runs = sw.expand_runs(spec)

@@ -20,7 +20,8 @@ import yaml
 
 from adamrot.runs import canon
 
-TOP_LEVEL_KEYS = ("name", "out_dir", "configs", "fixed", "grid", "runs", "command", "launch")
+TOP_LEVEL_KEYS = ("name", "out_dir", "configs", "fixed", "grid", "grid_order", "runs", "command",
+                  "launch")
 # keys managed by the sweep itself; not allowed in fixed/grid/runs
 RESERVED_KEYS = ("trainer.default_root_dir", "ckpt_path", "config")
 RUN_NAME_KEY = "name"  # explicit run name inside a `runs` entry
@@ -38,6 +39,9 @@ class SweepSpec:
     configs: list[str] = field(default_factory=list)
     fixed: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    #: the grid keys from slowest- to fastest-varying in the run order (default: as written);
+    #: run names do not depend on it
+    grid_order: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     command: list[str] | None = None
     #: the ``launch:`` section as written (checked by :func:`adamrot.sweep.launch.parse_launch`)
@@ -103,10 +107,15 @@ def parse_spec(raw: Any, default_name: str = "sweep") -> SweepSpec:
     launch = raw.get("launch") or {}
     if not isinstance(launch, dict):
         raise SweepConfigError(f"launch: expected a mapping, got {type(launch).__name__}")
+    grid = _parse_grid(raw.get("grid"))
+    order = raw.get("grid_order") or []
+    if order and (not isinstance(order, list) or sorted(map(str, order)) != sorted(grid)):
+        raise SweepConfigError(f"grid_order: expected a list holding each grid key once "
+                               f"({', '.join(grid) or 'no grid'}), got {order!r}")
     return SweepSpec(
         name=name, out_dir=out_dir, configs=_parse_configs(raw.get("configs")),
         fixed={_check_key(k, "fixed"): _coerce(v) for k, v in fixed.items()},
-        grid=_parse_grid(raw.get("grid")), runs=_parse_runs(raw.get("runs")),
+        grid=grid, grid_order=[str(k) for k in order], runs=_parse_runs(raw.get("runs")),
         command=_parse_command(raw.get("command")), launch=dict(launch),
     )
 
@@ -296,10 +305,12 @@ def expand_runs(spec: SweepSpec) -> list[RunSpec]:
     sets: list[dict[str, Any]] = []
     explicit_names: list[str | None] = []
     if spec.grid or not spec.runs:
-        keys = list(spec.grid)
-        for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        keys = list(spec.grid)                  # names follow this order ...
+        slow = spec.grid_order or keys          # ... the run order this one
+        for combo in itertools.product(*(spec.grid[k] for k in slow)):
+            value = dict(zip(slow, combo))
             o = dict(spec.fixed)
-            o.update(zip(keys, combo))
+            o.update((k, value[k]) for k in keys)
             sets.append(o)
             explicit_names.append(None)
     for r in spec.runs:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -366,6 +367,35 @@ def test_keyboard_interrupt_then_resume(ws):
     assert idx["seed=1"]["resumed"] is True and idx["seed=1"]["attempts"] == 2
     assert "ckpt_path" not in calls(out / "seed=2")[0]["kv"]
     assert "resume" in p.stdout
+
+
+def test_sigterm_to_the_sweep_stops_runs_with_a_checkpoint_and_no_orphan(ws):
+    """``kill SWEEP_PID`` (or a batch system's SIGTERM): the running run gets SIGTERM, saves its
+    checkpoint and exits 143; the index says interrupted, the sweep exits 143 and no child
+    keeps writing into the run directory; the same command resumes it."""
+    write_sweep(ws / "s.yaml", sweep_dict(grid={"seed_everything": [0, 1, 2]}))
+    out = ws / "runs" / "demo"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               FAKE_WAIT_TERM="seed=1")
+    proc = subprocess.Popen([sys.executable, "-m", "adamrot.sweep", "s.yaml"], cwd=ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "seed=1" / "waiting").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    child = calls(out / "seed=1")[0]["pid"]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    assert [e["status"] for e in index(out).values()] == ["finished", "interrupted", "pending"]
+    assert (out / "seed=1" / "checkpoints" / "last.ckpt").read_text() == "step=5"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)                        # the run stopped with the sweep
+    env.pop("FAKE_WAIT_TERM")
+    p = subprocess.run([sys.executable, "-m", "adamrot.sweep", "s.yaml"], cwd=ws, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert calls(out / "seed=1")[1]["resumed_from"] == "step=5"
 
 
 def test_killed_sweep_running_entry_is_resumed(ws):

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
 from adamrot.runs import DirLock, LockedError
-from adamrot.sweep.index import (INDEX_JSON, LOCK_NAME, STATUSES, Sweep, ckpt_file, fmt_dur,
-                                 latest_step, load_index, merge_index, plan_action)
+from adamrot.sweep.index import (EXIT_PREEMPTED, INDEX_JSON, LOCK_NAME, STATUSES, Sweep,
+                                 ckpt_file, fmt_dur, latest_step, load_index, merge_index,
+                                 plan_action)
 from adamrot.sweep.options import LaunchOptions, device_slots, resolve_launch
-from adamrot.sweep.pool import Todo, run_pool
+from adamrot.sweep.pool import Terminated, Todo, run_pool
 from adamrot.sweep.spec import SweepConfigError, SweepSpec, build_command, expand_runs, load_spec
 
 EXIT_INTERRUPTED = 130
@@ -182,8 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    previous = signal.signal(signal.SIGTERM, _terminate) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         spec = load_spec(args.config)
         if args.status:
@@ -200,7 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockedError as e:
         print(f"adamrot: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("adamrot sweep: stopped by SIGTERM; the index is saved and the local runs were "
+              "stopped with SIGTERM (each saves its last.ckpt). Run the same command to resume.",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("adamrot sweep: interrupted; the index is saved and the runs were stopped. Run the "
               "same command to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -20,6 +20,13 @@ from adamrot.sweep.spec import RunSpec, build_command
 POLL_S = 0.1
 #: after Ctrl-C: (signal, seconds to wait for the children); the terminal's SIGINT comes first
 STOP_STEPS = ((None, 0.5), (signal.SIGINT, None), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
+#: after SIGTERM to the sweep: each run saves last.ckpt on SIGTERM and exits 143 (resumable)
+TERM_STEPS = ((signal.SIGTERM, None), (signal.SIGKILL, 5.0))
+
+
+class Terminated(KeyboardInterrupt):
+    """The sweep received SIGTERM (``kill``, a batch system): stop the runs with SIGTERM so
+    each saves its checkpoint, save the index, exit 143."""
 
 
 @dataclass
@@ -58,8 +65,9 @@ def run_pool(sw: Sweep, todo: list[Todo], slots: Sequence[list[str] | None],
                 free.append(c.slot)
                 _finish(sw, c, time.monotonic() - t_sweep)
                 n_run += 1
-    except KeyboardInterrupt:
-        _interrupt(sw, running, child_grace_s)
+    except KeyboardInterrupt as e:
+        _interrupt(sw, running, child_grace_s,
+                   TERM_STEPS if isinstance(e, Terminated) else STOP_STEPS)
         raise
     return n_run
 
@@ -106,15 +114,15 @@ def _finish(sw: Sweep, c: _Child, elapsed: float) -> None:
         sw.say(f"        full log: {c.log.name}")
 
 
-def _interrupt(sw: Sweep, running: list[_Child], grace: float) -> None:
-    """Ctrl-C: record the running runs as interrupted, stop their processes, save."""
+def _interrupt(sw: Sweep, running: list[_Child], grace: float, steps=STOP_STEPS) -> None:
+    """Ctrl-C or SIGTERM: record the running runs as interrupted, stop their processes, save."""
     for c in running:
         end_attempt(c.entry, None, time.monotonic() - c.t0, c.log.name, status="interrupted")
     sw.save()
     if running:
         sw.say(f"interrupted: stopping {len(running)} run(s): "
                + ", ".join(c.todo.run.name for c in running))
-    stop_children([c.proc for c in running if c.proc is not None], grace)
+    stop_children([c.proc for c in running if c.proc is not None], grace, steps)
     for c in running:
         c.log.close()
         if c.proc is not None:
@@ -122,10 +130,12 @@ def _interrupt(sw: Sweep, running: list[_Child], grace: float) -> None:
     sw.save()
 
 
-def stop_children(procs: list[subprocess.Popen], grace: float = 30.0) -> None:
+def stop_children(procs: list[subprocess.Popen], grace: float = 30.0,
+                  steps=STOP_STEPS) -> None:
     """Stop children after Ctrl-C, all at once: a moment for the terminal's SIGINT, then SIGINT
-    (``grace`` s), SIGTERM, SIGKILL. A second Ctrl-C goes straight to SIGKILL."""
-    for sig, wait in STOP_STEPS:
+    (``grace`` s), SIGTERM, SIGKILL (``steps``; after SIGTERM: SIGTERM, SIGKILL). A second
+    Ctrl-C goes straight to SIGKILL."""
+    for sig, wait in steps:
         alive = [p for p in procs if p.poll() is None]
         if not alive:
             return

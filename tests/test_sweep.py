@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -379,12 +380,19 @@ def test_sigterm_to_the_sweep_stops_runs_with_a_checkpoint_and_no_orphan(ws):
                FAKE_WAIT_TERM="seed=1")
     proc = subprocess.Popen([sys.executable, "-m", "adamrot.sweep", "s.yaml"], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "seed=1" / "waiting").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    child = calls(out / "seed=1")[0]["pid"]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 60
+        while not (out / "seed=1" / "waiting").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        child = calls(out / "seed=1")[0]["pid"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:                                     # never leave a sweep behind on failure
+        if proc.poll() is None:
+            proc.kill()
+            for c in calls(out / "seed=1"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(c["pid"], signal.SIGKILL)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in err
     assert [e["status"] for e in index(out).values()] == ["finished", "interrupted", "pending"]

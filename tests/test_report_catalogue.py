@@ -93,8 +93,11 @@ def og_runs(root: Path, finals: dict[str, list[float]]) -> None:
 
 
 def test_seeds_at_best_interior_and_edge(tmp_path, capsys):
-    interior = [3.0, 2.5, 2.25, 2.75, math.nan]           # best: the 3rd lr; NaN (diverged) worst
-    og_runs(tmp_path, {t: interior for t in og.OPTIMIZERS})
+    base = [3.0, 2.5, 2.25, 2.75, math.nan]              # best: the 3rd lr; NaN (diverged) worst
+
+    def interior(t):                                      # grids of 6 points get one more
+        return (base + [3.5] * len(og.CPU_LRS[t]))[:len(og.CPU_LRS[t])]
+    og_runs(tmp_path, {t: interior(t) for t in og.OPTIMIZERS})
     out = og.seeds_at_best("og_optimizers", tmp_path)
     spec = yaml.safe_load(out.read_text())
     assert spec["out_dir"] == "runs/paper/cpu/og_optimizers_seeds"
@@ -106,7 +109,7 @@ def test_seeds_at_best_interior_and_edge(tmp_path, capsys):
         == pytest.approx(1e-5, rel=1e-4)
     # an edge optimum is refused, naming the lr to add
     edge = tmp_path / "edge"
-    og_runs(edge, {t: interior for t in og.OPTIMIZERS} | {"adam": [2.0, 2.5, 2.6, 2.7, 2.8]})
+    og_runs(edge, {t: interior(t) for t in og.OPTIMIZERS} | {"adam": [2.0, 2.5, 2.6, 2.7, 2.8]})
     with pytest.raises(SystemExit) as e:
         og.seeds_at_best("og_optimizers", edge)
     assert e.value.code == 2

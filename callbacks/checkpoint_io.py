@@ -15,7 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from callbacks.files import atomic_write_with
+from callbacks.files import atomic_write, atomic_write_with
 
 __all__ = ["AtomicCheckpointIO", "CheckpointCorrupt", "RunState", "digest", "seal", "verify",
            "load_checkpoint", "checkpoint_step", "newest_checkpoint", "last_checkpoint_path",
@@ -195,11 +195,9 @@ class RunState(Callback):
         identity = getattr(trainer.datamodule, "identity", None)
         if self.run_dir is None or not callable(identity):
             return
-        mine = identity()
-        path = self.check_data(self.run_dir, mine)    # the CLI checked before writing anything
+        path = Path(self.run_dir) / self.DATA_FILE   # compared by the CLI before anything ran
         if not path.is_file() and trainer.is_global_zero:
-            atomic_write_with(str(path), lambda f: f.write(
-                (json.dumps(mine, indent=1, sort_keys=True) + "\n").encode()))
+            atomic_write(path, json.dumps(identity(), indent=1, sort_keys=True) + "\n")
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint[RUN_STATE_KEY] = {"tokens_seen": int(getattr(pl_module, "tokens_seen", 0)),

@@ -132,7 +132,7 @@ def _write_part(job: dict) -> dict:
         if split == "val":
             val.append((C.holdout_score(text), tokens))
         else:
-            writer(split).add_item(stats["train_documents"], torch.from_numpy(tokens))
+            writer("train").add_item(stats["train_documents"], torch.from_numpy(tokens))
         stats[f"{split}_documents"] += 1
         stats[f"{split}_tokens"] += len(tokens)
         pending += len(tokens)

@@ -236,3 +236,28 @@ def test_reproduce_md_blocks_are_all_generated(tmp_path):
     assert len(bodies) == 17 and all(b.startswith("_not run yet") for b in bodies)
     cat = (tmp_path / "none" / "catalogue.md").read_text()
     assert sorted(re.findall(r"^## (\w+)$", cat, re.M)) == sorted(names)
+
+
+def test_fig9_tests_the_block_order_row_by_row(tmp_path):
+    """Per type: the paired log10 ratios of the blocks' mean |H_ij| within each row, with a
+    verdict on "same neuron > same layer > other layers"; a straddling ratio names rows needed."""
+    import json
+
+    def row(t, neuron, layer, other):
+        return {"ptype": t, "blocks": {"neuron": {"mean_abs": neuron}, "layer": {"mean_abs": layer},
+                                       "other": {"mean_abs": other}}}
+
+    rows = ([row("mlp_in", 100.0 * k, 10.0 * k, 20.0 * k) for k in (1.0, 2.0, 4.0)]      # layer < other
+            + [row("value", 10.0, 1.0, o) for o in (0.5, 2.0, 0.9, 1.2)])                 # straddles
+    p = tmp_path / "fig1a_gpt2_scopes" / "scope=none_seed=0" / "probe_types" / "probe.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"hessian": {"rows": rows}}))
+    text = summarize.fig9(tmp_path)
+    mlp = next(line for line in text.splitlines() if line.startswith("| none | mlp_in |"))
+    # every row has neuron/layer = 10 and layer/other = 1/2 exactly: zero spread, both resolved
+    assert "| +1.00 ± 0.00 | larger | -0.30 ± 0.00 | **smaller** |" in mlp
+    value = next(line for line in text.splitlines() if line.startswith("| none | value |"))
+    lr = [math.log10(1 / o) for o in (0.5, 2.0, 0.9, 1.2)]
+    m, h = sum(lr) / 4, st.t.ppf(0.975, 3) * st.sem(lr)
+    assert f"| {m:+.2f} ± {h:.2f} | unresolved (" in value and value.endswith("rows) |")
+    assert "| none | value | 4 |" in value

@@ -30,6 +30,7 @@ import numpy as np
 from adamrot import report as rp
 from adamrot.report.tables import pm
 from adamrot.runs import atomic_write
+from rotations.probes.intervals import rows_needed
 
 ROOT = Path(__file__).resolve().parents[3]
 FIG = ROOT / "docs" / "figures"
@@ -253,9 +254,28 @@ def orth(runs: Path) -> str:
     return "\n".join(lines) + "\n" if found else NOT_RUN
 
 
+def _log_ratio_cell(xs: list[float]) -> tuple[str, str]:
+    """Mean and 95 % t interval of per-row log10 ratios, with what it says about the paper's
+    ">" claim: larger / smaller / unresolved (rows needed at this spread)."""
+    iv = rp.mean_ci(xs)
+    if not iv.has_interval:
+        return f"{iv.value:+.2f} (1 row)", "one row"
+    cell = f"{iv.value:+.2f} ± {iv.half_width:.2f}"
+    if iv.lo > 0:
+        return cell, "larger"
+    if iv.hi < 0:
+        return cell, "**smaller**"
+    need = rows_needed(iv.value, float(np.std(xs, ddof=1)))
+    return cell, f"unresolved ({need} rows)" if need else "unresolved"
+
+
 def fig9(runs: Path) -> str:
-    """Mean |H_ij| in the same-neuron / same-layer / other-layer blocks of rows of each type."""
-    lines = ["| scope | type | rows | same neuron | same layer | other layers |", "|---|---|---|---|---|---|"]
+    """Mean |H_ij| in the same-neuron / same-layer / other-layer blocks of rows of each type, and
+    the paper's claim (same neuron > same layer > other layers) tested row by row: the log10
+    ratio of two blocks' mean |H_ij| in the same row, mean ± 95 % t interval over the rows."""
+    lines = ["| scope | type | rows | same neuron | same layer | other layers | "
+             "log10 neuron/layer | verdict | log10 layer/other | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     found = False
     for s in ("none", "global"):
         p = runs / FIG1A / f"scope={s}_seed=0" / "probe_types" / "probe.json"
@@ -265,13 +285,21 @@ def fig9(runs: Path) -> str:
         rows = (json.loads(p.read_text()).get("hessian") or {}).get("rows") or []
         for t in dict.fromkeys(r["ptype"] for r in rows):
             rs = [r for r in rows if r["ptype"] == t]
+            m = {b: [r["blocks"][b]["mean_abs"] for r in rs] for b in ("neuron", "layer", "other")}
             cells = []
             for b in ("neuron", "layer", "other"):
-                iv = rp.mean_ci([r["blocks"][b]["mean_abs"] for r in rs])
+                iv = rp.mean_ci(m[b])
                 cells.append(f"{iv.value:.2e}" + (f" ± {iv.half_width:.1e}" if iv.has_interval
                                                    else " (1 row)"))
+            for hi, lo in (("neuron", "layer"), ("layer", "other")):
+                ok = [(a, b) for a, b in zip(m[hi], m[lo]) if a > 0 and b > 0]
+                cells.extend(_log_ratio_cell([float(np.log10(a / b)) for a, b in ok]) if ok
+                             else ("-", "zero block"))
             lines.append(f"| {s} | {t} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" if found else NOT_RUN
+    note = ("\nlog10 ratios are paired within each Hessian row (one seed-0 checkpoint per scope); "
+            "**larger** agrees with the paper's claim (same neuron > same layer > other layers), "
+            "**smaller** contradicts it; an unresolved ratio gives the rows needed at this spread.\n")
+    return "\n".join(lines) + "\n" + note if found else NOT_RUN
 
 
 def check_flat(paths: list[str]) -> int:

@@ -224,7 +224,7 @@ def test_reproduce_md_blocks_are_all_generated(tmp_path):
 
     doc = (ROOT / "docs/REPRODUCE.md").read_text()
     names = re.findall(r"<!-- generated:(\w+) -->", doc)
-    assert sorted(names) == sorted(set(names)) and len(names) == 17
+    assert sorted(names) == sorted(set(names)) and len(names) == 18
     copy = tmp_path / "REPRODUCE.md"
     copy.write_text(doc)
     assert summarize.main(["--runs", str(tmp_path / "none"), "--write-docs", "--doc", str(copy),
@@ -233,7 +233,7 @@ def test_reproduce_md_blocks_are_all_generated(tmp_path):
     rewritten = copy.read_text()
     assert block.sub(r"\1\4", rewritten) == block.sub(r"\1\4", doc)
     bodies = [m.group(3) for m in block.finditer(rewritten)]
-    assert len(bodies) == 17 and all(b.startswith("_not run yet") for b in bodies)
+    assert len(bodies) == 18 and all(b.startswith("_not run yet") for b in bodies)
     cat = (tmp_path / "none" / "catalogue.md").read_text()
     assert sorted(re.findall(r"^## (\w+)$", cat, re.M)) == sorted(names)
 
@@ -261,3 +261,24 @@ def test_fig9_tests_the_block_order_row_by_row(tmp_path):
     m, h = sum(lr) / 4, st.t.ppf(0.975, 3) * st.sem(lr)
     assert f"| {m:+.2f} ± {h:.2f} | unresolved (" in value and value.endswith("rows) |")
     assert "| none | value | 4 |" in value
+
+
+def test_fig7_bound_over_seeds_with_paired_difference(tmp_path):
+    """Seed 0's bound comes from the Fig. 8 probe, the other seeds' from probe_linf; Δ vs none
+    is paired by seed."""
+    import json
+
+    bounds = {"none": [1.0, 1.25, 0.75], "global": [0.01, 0.02, 0.03]}
+    for s, bs in bounds.items():
+        for seed, b in enumerate(bs):
+            p = (tmp_path / "fig1a_gpt2_scopes" / f"scope={s}_seed={seed}"
+                 / ("probe" if seed == 0 else "probe_linf") / "probe.json")
+            p.parent.mkdir(parents=True)
+            p.write_text(json.dumps({"gradient_bound": {"value": b}}))
+    text = summarize.fig7(tmp_path)
+    h = st.t.ppf(0.975, 2) * st.sem(bounds["none"])
+    assert f"| none | 3 | 1 ± {h:.2g} | - | - |" in text
+    d = [g - n for g, n in zip(bounds["global"], bounds["none"])]
+    hd = st.t.ppf(0.975, 2) * st.sem(d)
+    assert f"| global | 3 | 0.02 ± " in text and f"| {sum(d) / 3:+.3g} ± {hd:.2g} | yes |" in text
+    assert summarize.fig7(tmp_path / "nothing").startswith("_not run yet")

@@ -198,6 +198,34 @@ def _iv(e: dict | None, nd: str = ".2e") -> str:
     return f"{e['mean']:{nd}}" + ("" if h is None else f" ± {h:.1e}")
 
 
+def fig7(runs: Path) -> str:
+    """Fig. 7's L∞ gradient bound per seed (seed 0 from the Fig. 8 probe, the other seeds from
+    ``probe_linf``; both over 50 batches), mean ± 95 % t interval and the paired Δ vs none."""
+    vals: dict[str, dict[int, float]] = {}
+    for s in ("none", "outputwise", "global", "svd"):
+        for d in per_seed(runs, FIG1A, s):
+            for sub in ("probe", "probe_linf"):
+                p = d / sub / "probe.json"
+                if p.exists() and (g := json.loads(p.read_text()).get("gradient_bound")):
+                    vals.setdefault(s, {})[int(d.name.rsplit("=", 1)[1])] = float(g["value"])
+                    break
+    if not vals:
+        return NOT_RUN
+    lines = ["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | Δ excludes 0 |",
+             "|---|---|---|---|---|"]
+    base = vals.get("none", {})
+    for s, v in vals.items():
+        row = _ci_row(s, [v[k] for k in sorted(v)])
+        common = sorted(set(v) & set(base))
+        if s == "none" or len(common) < 2:
+            lines.append(row + " - | - |")
+            continue
+        iv = rp.diff_ci([v[k] for k in common], [base[k] for k in common], paired=True)
+        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | "
+                           f"{'yes' if iv.excludes_zero else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def probes(runs: Path) -> str:
     """Fig. 7 / 8 / Table 1 from probe.json, with the probe's own intervals over the sampled
     Hessian rows (and random directions) and the rows an unresolved claim would need."""
@@ -339,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.mkdir(parents=True, exist_ok=True)
     doc_dir = Path(a.doc).resolve().parent
     blocks = {name: report(name, runs, figures, doc_dir) for name in REPORTS}
-    blocks.update(fig6=fig6(runs), appA4_distance=appA4(runs), probes=probes(runs),
+    blocks.update(fig6=fig6(runs), appA4_distance=appA4(runs), probes=probes(runs), fig7=fig7(runs),
                   fig9=fig9(runs), orth=orth(runs))
     md = "\n".join(f"## {k}\n\n{v}" for k, v in blocks.items())
     runs.mkdir(parents=True, exist_ok=True)

@@ -282,3 +282,15 @@ def test_fig7_bound_over_seeds_with_paired_difference(tmp_path):
     hd = st.t.ppf(0.975, 2) * st.sem(d)
     assert f"| global | 3 | 0.02 ± " in text and f"| {sum(d) / 3:+.3g} ± {hd:.2g} | yes |" in text
     assert summarize.fig7(tmp_path / "nothing").startswith("_not run yet")
+
+
+def test_orth_mean_cv_per_seed_and_paired_difference(tmp_path):
+    cv = {"none": [1.5, 1.75, 1.25], "svd": [0.75, 1.0, 0.5]}      # svd - none = -0.75 every seed
+    for s, vs in cv.items():
+        for seed, v in enumerate(vs):
+            write_run(tmp_path / "neurips_update_orth" / f"scope={s}_seed={seed}", gpt_config(s, seed),
+                      {"orth/cv/all": [(2001, v - 0.25), (2002, v + 0.25)]})
+    text = summarize.orth(tmp_path)
+    h = st.t.ppf(0.975, 2) * st.sem(cv["none"])
+    assert f"| none | 3 | 1.5 ± {h:.2g} | - | - |" in text
+    assert "| svd | 3 | 0.75 ± " in text and "| -0.75 ± 0 | yes |" in text

@@ -33,8 +33,8 @@ for s in "${steps[@]}"; do
         --trainer.default_root_dir "$d" > "$d.log" 2>&1 && touch "$d/done"; } || exit 1
       $PY configs/paper/cpu/summarize.py --check-flat "$d" || echo "pilot: not flat (see above); continuing" ;;
     fig1a) sweep configs/paper/cpu/fig1a_gpt2_scopes.sweep.yaml ;;
-    orth)    # 50 resumed steps from the fig1a checkpoints, seeds 0-2
-      for N in 0 1 2; do for S in none outputwise global svd; do
+    orth)    # 50 resumed steps from the fig1a checkpoints, seeds 0-4
+      for N in 0 1 2 3 4; do for S in none outputwise global svd; do
         d=$R/neurips_update_orth/scope=${S}_seed=$N
         [ -f "$d/done" ] && continue
         rm -rf "$d"; mkdir -p "$d"

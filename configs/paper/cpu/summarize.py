@@ -146,6 +146,24 @@ def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
                                       f"{val} ± {iv.half_width:.2g}") + " |"
 
 
+def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
+    """One row per scope (``vals[scope][seed]``): mean ± 95 % t interval over seeds, and the
+    difference from none paired by seed (over the seeds both have)."""
+    if not vals:
+        return NOT_RUN
+    base = vals.get("none", {})
+    for s, v in vals.items():
+        row = _ci_row(s, [v[k] for k in sorted(v)])
+        common = sorted(set(v) & set(base))
+        if s == "none" or len(common) < 2:
+            lines.append(row + " - | - |")
+            continue
+        iv = rp.diff_ci([v[k] for k in common], [base[k] for k in common], paired=True)
+        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | "
+                           f"{'yes' if iv.excludes_zero else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def per_seed(runs: Path, sweep: str, scope: str) -> list[Path]:
     return sorted(p for p in runs.glob(f"{sweep}/scope={scope}_seed=*") if p.is_dir())
 
@@ -209,21 +227,8 @@ def fig7(runs: Path) -> str:
                 if p.exists() and (g := json.loads(p.read_text()).get("gradient_bound")):
                     vals.setdefault(s, {})[int(d.name.rsplit("=", 1)[1])] = float(g["value"])
                     break
-    if not vals:
-        return NOT_RUN
-    lines = ["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | Δ excludes 0 |",
-             "|---|---|---|---|---|"]
-    base = vals.get("none", {})
-    for s, v in vals.items():
-        row = _ci_row(s, [v[k] for k in sorted(v)])
-        common = sorted(set(v) & set(base))
-        if s == "none" or len(common) < 2:
-            lines.append(row + " - | - |")
-            continue
-        iv = rp.diff_ci([v[k] for k in common], [base[k] for k in common], paired=True)
-        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | "
-                           f"{'yes' if iv.excludes_zero else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return _seed_table(["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | Δ excludes 0 |",
+                        "|---|---|---|---|---|"], vals)
 
 
 def probes(runs: Path) -> str:
@@ -267,19 +272,17 @@ def probes(runs: Path) -> str:
 
 
 def orth(runs: Path) -> str:
-    """Mean CV of the update's singular values over the resumed steps, per seed."""
-    lines = ["| scope | seeds | mean CV of the singular values of A |", "|---|---|---|"]
-    found = False
+    """Mean CV of the update's singular values over the resumed steps, per seed, and the
+    difference from none paired by seed."""
+    cvs: dict[str, dict[int, float]] = {}
     for s in ("none", "outputwise", "global", "svd"):
-        cvs = []
         for d in sorted((runs / "neurips_update_orth").glob(f"scope={s}_seed=*")):
             c = rp.RunData(d.name, {}, rp.read_scalars(d)).curve("orth/cv/all") \
                 if d.is_dir() and rp.find_event_dirs(d) else None
             if c is not None:
-                cvs.append(float(np.mean(c[1])))
-        found |= bool(cvs)
-        lines.append(_ci_row(s, cvs))
-    return "\n".join(lines) + "\n" if found else NOT_RUN
+                cvs.setdefault(s, {})[int(d.name.rsplit("=", 1)[1])] = float(np.mean(c[1]))
+    return _seed_table(["| scope | seeds | mean CV of the singular values of A | "
+                        "Δ vs none (paired over seeds) | Δ excludes 0 |", "|---|---|---|---|---|"], cvs)
 
 
 def _log_ratio_cell(xs: list[float]) -> tuple[str, str]:

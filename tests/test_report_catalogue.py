@@ -294,3 +294,12 @@ def test_orth_mean_cv_per_seed_and_paired_difference(tmp_path):
     h = st.t.ppf(0.975, 2) * st.sem(cv["none"])
     assert f"| none | 3 | 1.5 ± {h:.2g} | - | - |" in text
     assert "| svd | 3 | 0.75 ± " in text and "| -0.75 ± 0 | yes |" in text
+
+
+def test_seed_table_names_the_seeds_an_unresolved_difference_needs():
+    from rotations.probes.intervals import rows_needed
+    vals = {"none": {0: 1.0, 1: 2.0, 2: 3.0}, "svd": {0: 1.5, 1: 1.5, 2: 3.5}}   # Δ = .5, -.5, .5
+    text = summarize._seed_table(["| h |"], vals)
+    d = [0.5, -0.5, 0.5]
+    n = rows_needed(sum(d) / 3, float(st.tstd(d)))
+    assert n > 3 and f"| no ({n} seeds needed) |" in text

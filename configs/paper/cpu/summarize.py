@@ -148,7 +148,8 @@ def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
 
 def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
     """One row per scope (``vals[scope][seed]``): mean ± 95 % t interval over seeds, and the
-    difference from none paired by seed (over the seeds both have)."""
+    difference from none paired by seed (over the seeds both have), with the seeds an
+    unresolved difference would need at this spread."""
     if not vals:
         return NOT_RUN
     base = vals.get("none", {})
@@ -159,8 +160,10 @@ def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
             lines.append(row + " - | - |")
             continue
         iv = rp.diff_ci([v[k] for k in common], [base[k] for k in common], paired=True)
-        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | "
-                           f"{'yes' if iv.excludes_zero else 'no'} |")
+        need = None if iv.excludes_zero else rows_needed(
+            iv.value, float(np.std([v[k] - base[k] for k in common], ddof=1)))
+        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | " + (
+            "yes" if iv.excludes_zero else "no" + (f" ({need} seeds needed)" if need else "")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -527,3 +527,27 @@ def test_runs_on_different_validation_sets_are_flagged(tmp_path, capsys):
     (root / "run_global" / "data.json").write_text(json.dumps({"val_digest": "aaaa"}))
     assert rp.main([str(root), "--out", str(tmp_path / "rep2")]) == 0
     assert "different validation sets" not in capsys.readouterr().err
+
+
+def test_a_mapping_valued_label_key_labels_its_runs():
+    """``rotation.only`` is null in the baseline and a mapping in the other runs (App. C.2); the
+    flattened config holds ``rotation.only.value`` then: the label must still tell them apart
+    (found in the session-5 catalogue: all 30 App. C.2 runs became one label "only=n/a")."""
+    def run(only, seed, final):
+        cfg = {"seed_everything": seed, "model": {"rotation": {"scope": "none", "only": only}}}
+        return rp.make_run(f"{only}_{seed}", cfg, {"val/loss": [(0, 4.0), (10, final)]})
+
+    runs = [run(None, s, 2.0 + s) for s in (0, 1)] + \
+        [run({"value": "layerwise"}, s, 2.5 + s) for s in (0, 1)] + \
+        [run({"embedding": "outputwise"}, s, 2.25 + s) for s in (0, 1)]
+    s = rp.summarize(runs, label_keys=["only"], baseline="only=null")
+    rows = {r["label"]: r for r in s.rows}
+    assert set(rows) == {"only=null", 'only={"value":"layerwise"}', 'only={"embedding":"outputwise"}'}
+    assert all(r["n_seeds"] == 2 for r in s.rows)
+    assert rows['only={"value":"layerwise"}']["diff"] == 0.5
+    assert rows['only={"embedding":"outputwise"}']["diff"] == 0.25
+    # without the baseline runs the key exists only as a mapping: it still resolves
+    s2 = rp.summarize(runs[2:], label_keys=["only"])
+    assert sorted(r["label"] for r in s2.rows) == ['only={"embedding":"outputwise"}',
+                                                   'only={"value":"layerwise"}']
+    assert rp.config_value({"a.b.c": 1, "a.b.d": 2, "a.e": 3}, "a.b") == {"c": 1, "d": 2}

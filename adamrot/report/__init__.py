@@ -13,8 +13,8 @@ from .cli import build_parser, definition_text, main, write_report
 from .events import (ReportError, RunData, clean_curve, expand_inputs, find_event_dirs,
                      flatten_config, load_runs, make_run, read_config, read_last_histogram,
                      read_scalars)
-from .labels import (LabelGroup, assign_baselines, auto_label_keys, group_runs, match_label,
-                     metric_mode, resolve_key)
+from .labels import (LabelGroup, assign_baselines, auto_label_keys, config_value, group_runs,
+                     match_label, metric_mode, resolve_key)
 from .stats import (Interval, Slowdown, StatsError, bootstrap_ci, compute_slowdown, diff_ci,
                     first_reach, last_fraction_improvement, mean_ci, seed_average, t_quantile,
                     trailing_mean)
@@ -26,7 +26,7 @@ __all__ = [
     "build_parser", "definition_text", "main", "write_report", "ReportError", "RunData",
     "clean_curve", "expand_inputs", "find_event_dirs", "flatten_config", "load_runs",
     "make_run", "read_config", "read_last_histogram", "read_scalars", "LabelGroup",
-    "assign_baselines", "auto_label_keys", "group_runs", "match_label", "metric_mode",
+    "assign_baselines", "auto_label_keys", "config_value", "group_runs", "match_label", "metric_mode",
     "resolve_key", "Interval", "Slowdown", "StatsError", "bootstrap_ci", "compute_slowdown",
     "diff_ci", "first_reach", "last_fraction_improvement", "mean_ci", "seed_average",
     "t_quantile", "trailing_mean", "TRAIN_LOSS", "VAL_ACC1", "VAL_LOSS", "BestLR", "Summary",

@@ -26,15 +26,38 @@ PATHLIKE_LAST = {
 ABSENT = "\0absent"
 
 
-def ordered_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
+def ordered_keys(configs: Sequence[dict[str, Any]], parents: bool = False) -> list[str]:
+    """Every flattened key of the configs, in first-seen order; with ``parents`` also each
+    dotted prefix that is a mapping in some run (``rotation.only`` of ``rotation.only.value``)."""
     keys: list[str] = []
     seen = set()
     for c in configs:
         for k in c:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
+            for p in ([k[:i] for i, ch in enumerate(k) if ch == "."] if parents else []) + [k]:
+                if p not in seen:
+                    seen.add(p)
+                    keys.append(p)
     return keys
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value of ``key`` in a flattened config. A key whose value is a non-empty mapping was
+    flattened into ``key.sub`` leaves (``rotation.only: {value: layerwise}``): the mapping is
+    rebuilt from them, so that it labels the run. ``ABSENT`` when neither is there."""
+    if key in config:
+        return config[key]
+    pre = key + "."
+    sub = {k[len(pre):]: v for k, v in config.items() if k.startswith(pre)}
+    if not sub:
+        return ABSENT
+    out: dict[str, Any] = {}
+    for k, v in sub.items():
+        *path, leaf = k.split(".")
+        d = out
+        for part in path:
+            d = d.setdefault(part, {})
+        d[leaf] = v
+    return out
 
 
 def with_configs(runs: Sequence[RunData]) -> list[RunData]:
@@ -85,9 +108,17 @@ def auto_label_keys(runs: Sequence[RunData], exclude: Iterable[str] = ()) -> lis
     return out
 
 
-def resolve_key(key: str, all_keys: Sequence[str]) -> str:
-    """Full dotted key, or a unique short name / dotted suffix of one."""
+def resolve_key(key: str, all_keys: Sequence[str], parent_keys: Sequence[str] = ()) -> str:
+    """Full dotted key, or a unique short name / dotted suffix of one; failing that, the same
+    among ``parent_keys`` (mapping-valued keys, see :func:`ordered_keys`)."""
     key = key.strip().lstrip("-")
+    if parent_keys:
+        try:
+            return resolve_key(key, all_keys)
+        except ReportError as e:
+            if not str(e).startswith("unknown"):
+                raise
+            return resolve_key(key, [k for k in parent_keys if k not in all_keys] or all_keys)
     if key in all_keys:
         return key
     if key == "seed":
@@ -143,8 +174,8 @@ def group_runs(runs: Sequence[RunData], label_keys: Sequence[str],
     shorts = short_keys(list(label_keys) + [k for k in group_keys if k not in label_keys])
     cells: dict[tuple[str, str], LabelGroup] = {}
     for r in runs:
-        gv = {k: r.config.get(k, ABSENT) for k in group_keys}
-        lv = {k: r.config.get(k, ABSENT) for k in label_keys}
+        gv = {k: config_value(r.config, k) for k in group_keys}
+        lv = {k: config_value(r.config, k) for k in label_keys}
         g = label_string(gv, shorts) if group_keys else ""
         lab = label_string(lv, shorts)
         cell = cells.get((g, lab))

@@ -18,8 +18,8 @@ from adamrot.runs import canon
 from adamrot.sweep import short_keys, value_label
 
 from .events import ReportError, RunData
-from .labels import (ABSENT, SEED_KEY, LabelGroup, assign_baselines, auto_label_keys, fmt_value,
-                     group_runs, label_string, metric_mode, natural, ordered_keys, resolve_key,
+from .labels import (ABSENT, SEED_KEY, LabelGroup, assign_baselines, auto_label_keys, config_value,
+                     fmt_value, group_runs, label_string, metric_mode, natural, ordered_keys, resolve_key,
                      with_configs)
 from .stats import (LEVEL, NEVER, Interval, StatsError, compute_slowdown, diff_ci,
                     interval_text, last_fraction_improvement, mean_ci, pct_text, seed_average)
@@ -95,11 +95,12 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
         raise ReportError("no runs")
     runs = with_configs(runs)
     all_keys = ordered_keys([r.config for r in runs])
-    group_keys = [resolve_key(k, all_keys) for k in group_keys]
+    parent_keys = ordered_keys([r.config for r in runs], parents=True)
+    group_keys = [resolve_key(k, all_keys, parent_keys) for k in group_keys]
     if label_keys is None:
         label_keys = auto_label_keys(runs, exclude=group_keys)
     else:
-        label_keys = [resolve_key(k, all_keys) for k in label_keys]
+        label_keys = [resolve_key(k, all_keys, parent_keys) for k in label_keys]
     label_keys = [k for k in label_keys if k not in group_keys]
     mode = metric_mode(metric, mode)
     shorts = short_keys(list(label_keys) + [k for k in group_keys if k not in label_keys])
@@ -344,8 +345,8 @@ def best_lr_table(runs: Sequence[RunData], label_keys: Sequence[str],
     cells: dict[tuple, dict[str, Any]] = {}
     for r in runs:
         opt = fmt_value(r.config[opt_key]) if opt_key in r.config else "optimizer"
-        gv = {k: r.config.get(k, ABSENT) for k in group_keys}
-        ov = {k: r.config.get(k, ABSENT) for k in other}
+        gv = {k: config_value(r.config, k) for k in group_keys}
+        ov = {k: config_value(r.config, k) for k in other}
         c = cells.setdefault((canon(gv), opt, canon(ov)), {"gv": gv, "opt": opt, "ov": ov,
                                                              "by_lr": {}})
         c["by_lr"].setdefault(float(r.config[lr_key]), []).append(r)

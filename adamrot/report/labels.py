@@ -26,18 +26,23 @@ PATHLIKE_LAST = {
 ABSENT = "\0absent"
 
 
-def ordered_keys(configs: Sequence[dict[str, Any]], parents: bool = False) -> list[str]:
-    """Every flattened key of the configs, in first-seen order; with ``parents`` also each
-    dotted prefix that is a mapping in some run (``rotation.only`` of ``rotation.only.value``)."""
+def ordered_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     keys: list[str] = []
     seen = set()
     for c in configs:
         for k in c:
-            for p in ([k[:i] for i, ch in enumerate(k) if ch == "."] if parents else []) + [k]:
-                if p not in seen:
-                    seen.add(p)
-                    keys.append(p)
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
     return keys
+
+
+def mapping_keys(keys: Sequence[str]) -> list[str]:
+    """The dotted prefixes of flattened keys that are not keys themselves: keys whose value is a
+    mapping (``rotation.only`` of ``rotation.only.value``), in first-seen order."""
+    leaves = set(keys)
+    return list(dict.fromkeys(k[:i] for k in keys for i, ch in enumerate(k)
+                              if ch == "." and k[:i] not in leaves))
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:
@@ -108,24 +113,22 @@ def auto_label_keys(runs: Sequence[RunData], exclude: Iterable[str] = ()) -> lis
     return out
 
 
-def resolve_key(key: str, all_keys: Sequence[str], parent_keys: Sequence[str] = ()) -> str:
+def resolve_key(key: str, all_keys: Sequence[str]) -> str:
     """Full dotted key, or a unique short name / dotted suffix of one; failing that, the same
-    among ``parent_keys`` (mapping-valued keys, see :func:`ordered_keys`)."""
+    among the mapping-valued keys (:func:`mapping_keys`), whose values :func:`config_value`
+    rebuilds."""
     key = key.strip().lstrip("-")
-    if parent_keys:
-        try:
-            return resolve_key(key, all_keys)
-        except ReportError as e:
-            if not str(e).startswith("unknown"):
-                raise
-            return resolve_key(key, [k for k in parent_keys if k not in all_keys] or all_keys)
     if key in all_keys:
         return key
     if key == "seed":
         return SEED_KEY
-    cands = [k for k in all_keys if short_key(k) == key]
-    if not cands:
-        cands = [k for k in all_keys if k.endswith("." + key)]
+
+    def matches(keys: Sequence[str]) -> list[str]:
+        if key in keys:
+            return [key]
+        return [k for k in keys if short_key(k) == key] or [k for k in keys if k.endswith("." + key)]
+
+    cands = matches(all_keys) or matches(mapping_keys(all_keys))
     if len(cands) == 1:
         return cands[0]
     if not cands:

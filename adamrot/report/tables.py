@@ -95,12 +95,11 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
         raise ReportError("no runs")
     runs = with_configs(runs)
     all_keys = ordered_keys([r.config for r in runs])
-    parent_keys = ordered_keys([r.config for r in runs], parents=True)
-    group_keys = [resolve_key(k, all_keys, parent_keys) for k in group_keys]
+    group_keys = [resolve_key(k, all_keys) for k in group_keys]
     if label_keys is None:
         label_keys = auto_label_keys(runs, exclude=group_keys)
     else:
-        label_keys = [resolve_key(k, all_keys, parent_keys) for k in label_keys]
+        label_keys = [resolve_key(k, all_keys) for k in label_keys]
     label_keys = [k for k in label_keys if k not in group_keys]
     mode = metric_mode(metric, mode)
     shorts = short_keys(list(label_keys) + [k for k in group_keys if k not in label_keys])

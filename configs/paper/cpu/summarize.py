@@ -167,6 +167,11 @@ def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_of(run_dir: Path) -> int:
+    """The seed in a run directory named ``..._seed=N``."""
+    return int(run_dir.name.rsplit("=", 1)[1])
+
+
 def per_seed(runs: Path, sweep: str, scope: str) -> list[Path]:
     return sorted(p for p in runs.glob(f"{sweep}/scope={scope}_seed=*") if p.is_dir())
 
@@ -228,7 +233,7 @@ def fig7(runs: Path) -> str:
             for sub in ("probe", "probe_linf"):
                 p = d / sub / "probe.json"
                 if p.exists() and (g := json.loads(p.read_text()).get("gradient_bound")):
-                    vals.setdefault(s, {})[int(d.name.rsplit("=", 1)[1])] = float(g["value"])
+                    vals.setdefault(s, {})[_seed_of(d)] = float(g["value"])
                     break
     return _seed_table(["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | Δ excludes 0 |",
                         "|---|---|---|---|---|"], vals)
@@ -283,7 +288,7 @@ def orth(runs: Path) -> str:
             c = rp.RunData(d.name, {}, rp.read_scalars(d)).curve("orth/cv/all") \
                 if d.is_dir() and rp.find_event_dirs(d) else None
             if c is not None:
-                cvs.setdefault(s, {})[int(d.name.rsplit("=", 1)[1])] = float(np.mean(c[1]))
+                cvs.setdefault(s, {})[_seed_of(d)] = float(np.mean(c[1]))
     return _seed_table(["| scope | seeds | mean CV of the singular values of A | "
                         "Δ vs none (paired over seeds) | Δ excludes 0 |", "|---|---|---|---|---|"], cvs)
 

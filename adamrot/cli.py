@@ -1,5 +1,6 @@
 """The ``adamrot`` command: dispatches to ``fit|validate|test`` (LightningCLI,
-:mod:`adamrot.train`) and the tools ``sweep``, ``report``, ``probe``, ``prepare``.
+:mod:`adamrot.train`) and the tools ``sweep``, ``report``, ``probe``, ``prepare``,
+``preflight``.
 
 Heavy modules (torch, Lightning) are imported only once a subcommand runs, so ``adamrot
 --help`` is instant. Exit status: 0 done, 2 refused input (one ``adamrot: error:`` line, and
@@ -19,6 +20,7 @@ SUBTOOLS = {
     "report": "adamrot.report",
     "probe": "adamrot.probe",
     "prepare": "adamrot.prepare",
+    "preflight": "adamrot.preflight",
 }
 TRAINER_SUBCOMMANDS = {
     "fit": "train a model; resumes the run in --trainer.default_root_dir (--resume auto)",
@@ -30,6 +32,7 @@ TOOL_HELP = {
     "report": "loss curves, tables and best lr of finished runs",
     "probe": "gradient bound and Hessian probes on a checkpoint",
     "prepare": "tokenize a corpus once into a dataset the text datamodule streams",
+    "preflight": "batch, tokens, epochs, memory, cost and data mixing of a run before it runs",
 }
 
 EXIT_CONFIG_ERROR = 2

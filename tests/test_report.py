@@ -122,11 +122,12 @@ def test_slowdown_pure():
     fast = [(np.array(STEPS), np.array([3.0, 2.5, 2.0, 2.0]))]
     assert rp.compute_slowdown(base, fast).text == "-50.0%"
     # smoothing K=2: base smoothed mean [4, 3.5, 3, 3] -> L*=3 at 150;
-    # curve [4, 3, 2, 2] smoothed [4, 3.5, 2.5, 2] -> 150 -> 0%
+    # curve [4, 3, 2, 2] smoothed [4, 3.5, 2.5, 2] crosses 3 halfway from 100 to 150: 125
     b2 = [(np.array(STEPS), np.array([4.0, 3.0, 3.0, 3.0]))]
     r2 = [(np.array(STEPS), np.array([4.0, 3.0, 2.0, 2.0]))]
     sd = rp.compute_slowdown(b2, r2, k=2)
-    assert (sd.target, sd.steps_base, sd.steps, sd.slowdown) == (3.0, 150, 150, 0.0)
+    assert (sd.target, sd.steps_base, sd.steps) == (3.0, 150, 125)
+    assert sd.slowdown == pytest.approx(125 / 150 - 1, rel=1e-15)
     # higher-is-better metric
     sd = rp.compute_slowdown([(np.array(STEPS), np.array([0.1, 0.5, 0.5, 0.5]))],
                              [(np.array(STEPS), np.array([0.1, 0.2, 0.3, 0.5]))], mode="max")
@@ -168,14 +169,21 @@ def test_summarize_in_memory():
     assert (g["diff"], g["diff_ci95"], g["diff_method"]) == (-0.25, 0.0, "paired t")
     assert g["diff_excludes_zero"] is True
     assert rows["scope=layer"]["diff"] == 0.25 and rows["scope=layer"]["diff_ci95"] is None
+    # zero spread of a paired difference: p = 0; Holm over the two Δ of the table
+    assert g["diff_p"] == 0.0 and g["diff_p_holm"] == 0.0 and g["diff_resolved_holm"] is True
+    assert rows["scope=layer"]["diff_p"] is None and rows["scope=layer"]["diff_p_holm"] is None
     assert rows["scope=none"]["slowdown"] == "baseline"
+    # paired by seed: seed 0's none reaches its L* 3.25 at 100, global at 150 (+50 %); seed 1's
+    # 2.75 at 100 and 150 (+50 %): mean +50 %, no spread
+    assert g["slowdown_method"] == "paired t"
     assert rows["scope=global"]["slowdown"] == "+50.0%"
     assert rows["scope=global"]["slowdown_pct"] == 50.0
-    # bootstrap over 2 x 2 seeds (16 resamples, enumerated): P(+0%) = P(never) = 1/16 > 2.5%
-    assert (g["slowdown_lo_pct"], g["slowdown_hi_pct"]) == (0.0, None)
-    assert g["_sd_iv"] == "[+0.0%, never reached]"
+    assert (g["slowdown_lo_pct"], g["slowdown_hi_pct"]) == (50.0, 50.0)
+    # both global seeds end below anything their baseline reached: beyond baseline, 2 of 2
+    assert g["_eq_text"] == "beyond baseline" and g["eq_beyond_seeds"] == 2
     assert rows["scope=layer"]["slowdown"] == "never reached"
-    assert rows["scope=layer"]["slowdown_lo_pct"] is None           # one seed: no bootstrap
+    assert rows["scope=layer"]["slowdown_lo_pct"] is None           # one seed: no interval
+    assert rows["scope=layer"]["slowdown_method"] is None
     assert not s.has_acc
     # explicit baseline, various spellings
     for q in ("scope=global", "global", "scope = global"):
@@ -254,18 +262,20 @@ def test_report_end_to_end(sweep_dir, tmp_path, capsys):
     assert "never_started" in captured.err    # pending run without events is skipped
     # markdown table (also printed)
     head = ("| label | seeds | final train loss | final val loss | final acc@1 | "
-            "Δ final val/loss vs baseline | Δ excludes 0 | L* | steps to L* | slowdown | "
-            "equivalent slowdown |")
+            "Δ final val/loss vs baseline | p (Holm) | Δ ≠ 0 (Holm) | L* | steps to L* | "
+            "slowdown | equivalent slowdown |")
     assert head in md and head in captured.out
-    assert ("| scope=none | 2 | 3.2500 ± 3.1766 | 3.0000 ± 3.1766 | 0.6250 ± 1.5883 | - | - | "
+    assert ("| scope=none | 2 | 3.2500 ± 3.1766 | 3.0000 ± 3.1766 | 0.6250 ± 1.5883 | - | - | - | "
             "3.0000 | 100 | baseline | - |") in md
     assert ("| scope=global | 2 | 2.7500 ± 3.1766 | 2.7500 ± 3.1766 | 0.5000 ± 0.0000 | "
-            "-0.2500 ± 0.0000 | yes | 3.0000 | 150 | +50.0% [+0.0%, never reached] | "
-            "beyond baseline [beyond baseline, +100.0%] |") in md
-    # one seed: marked, never a zero-width interval
+            "-0.2500 ± 0.0000 | <1e-4 (<1e-4) | yes | 3.0000 | 150 | +50.0% [+50.0%, +50.0%] | "
+            "beyond baseline |") in md
+    # one seed: marked, never a zero-width interval; the mean curve crosses nothing
+    # equivalent: layer ends at 3.25, which the baseline's mean [4, 3, 3, 3] passes at
+    # 50 + 50 * 0.75 = 87.5: 200 / 87.5 - 1 = +128.6 %
     assert ("| scope=layer | 1 | 3.2500 (1 seed) | 3.2500 (1 seed) | 0.2500 (1 seed) | "
-            "+0.2500 (1 seed) | - | 3.0000 | never reached | never reached (1 seed) | "
-            "+100.0% (1 seed) |") in md
+            "+0.2500 (1 seed) | - | - | 3.0000 | never reached | never reached (1 seed) | "
+            "+128.6% (1 seed) |") in md
     assert "one seed, no interval: scope=layer" in md
     # csv numbers exact
     rows = {r["label"]: r for r in read_csv(out / "summary.csv")}
@@ -279,7 +289,8 @@ def test_report_end_to_end(sweep_dir, tmp_path, capsys):
     assert float(n["final_acc1_ci95"]) == pytest.approx(half2(0.5, 0.75), rel=1e-15)
     g = rows["scope=global"]
     assert (g["baseline"], float(g["target"]), g["baseline_steps"], g["steps_to_target"]) == \
-        ("scope=none", 3.0, "100", "150")
+        ("scope=none", 3.0, "100.0", "150.0")          # interpolated first passages: floats
+    assert (g["slowdown_method"], g["diff_p"], g["diff_resolved_holm"]) == ("paired t", "0.0", "True")
     assert float(g["slowdown_pct"]) == 50.0 and g["slowdown"] == "+50.0%"
     lay = rows["scope=layer"]
     assert lay["slowdown"] == "never reached" and lay["slowdown_pct"] == "" and lay["steps_to_target"] == ""

@@ -1,16 +1,20 @@
-"""Statistics over seeds: smoothing, seed averages, confidence intervals, slowdowns.
+"""Statistics over seeds: smoothing, seed averages, confidence intervals, slowdowns, tests.
 
 Definitions: docs/CONVENTIONS.md §6 and docs/REPRODUCE.md "How to read the numbers".
 A mean over seeds carries a Student-t interval; a difference of two labels a paired t interval
-(same seeds on both sides) or Welch's; a quantity computed from seed-averaged curves (the
-slowdown, the equivalent slowdown) a percentile bootstrap over seeds, exact (every resample
-enumerated) when the seeds are few. One seed: no interval, never a zero-width one.
+(same seeds on both sides) or Welch's, with its two-sided p-value, Holm's step-down adjustment
+over the differences a table prints (:func:`holm`), an equivalence test against a stated margin
+(:func:`tost`) and the seeds a two-sided test needs for 80 % power (:func:`seeds_for_power`,
+noncentral t). Slowdowns use first-passage times interpolated linearly between evaluation
+points (:func:`first_passage`); with the same seeds on both sides they are computed per seed
+(paired) and carry a t interval over seeds, else a percentile bootstrap over the seeds of both
+labels (exact when the seeds are few). One seed: no interval, never a zero-width one.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,15 +35,26 @@ def t_quantile(p: float, df: float) -> float:
     return float(t.ppf(p, df))
 
 
+def t_sf(x: float, df: float) -> float:
+    """``P(T > x)`` for Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.sf(x, df))
+
+
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its interval; ``lo``/``hi`` None = no interval (one seed)."""
+    """A point estimate with its interval; ``lo``/``hi`` None = no interval (one seed).
+    ``se`` and ``df``: the standard error and degrees of freedom behind a t interval (for
+    :attr:`p` and :func:`tost`)."""
 
     value: float
     lo: float | None
     hi: float | None
     n: int
     method: str = ""
+    se: float | None = None
+    df: float | None = None
 
     @property
     def has_interval(self) -> bool:
@@ -55,6 +70,16 @@ class Interval:
             return None
         return bool(self.lo > 0 or self.hi < 0)
 
+    @property
+    def p(self) -> float | None:
+        """Two-sided p-value of ``value = 0`` (the t test behind the interval); None without
+        an interval; zero spread: 0 unless the value is 0."""
+        if self.se is None or not math.isfinite(self.value):
+            return None
+        if self.se == 0:
+            return 0.0 if self.value != 0 else 1.0
+        return min(1.0, 2.0 * t_sf(abs(self.value) / self.se, self.df))
+
 
 def mean_ci(xs: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean and Student-t interval ``mean ± t_{(1+level)/2, n-1} s / sqrt(n)``."""
@@ -64,8 +89,9 @@ def mean_ci(xs: Sequence[float], level: float = LEVEL) -> Interval:
     m = float(a.mean())
     if a.size < 2 or not np.all(np.isfinite(a)):
         return Interval(m, None, None, int(a.size), "t")
-    h = t_quantile((1 + level) / 2, a.size - 1) * float(a.std(ddof=1)) / math.sqrt(a.size)
-    return Interval(m, m - h, m + h, int(a.size), "t")
+    se = float(a.std(ddof=1)) / math.sqrt(a.size)
+    h = t_quantile((1 + level) / 2, a.size - 1) * se
+    return Interval(m, m - h, m + h, int(a.size), "t", se, float(a.size - 1))
 
 
 def diff_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
@@ -77,7 +103,7 @@ def diff_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
         if x.size != y.size:
             raise StatsError("paired difference needs the same number of values")
         r = mean_ci(x - y, level)
-        return Interval(r.value, r.lo, r.hi, r.n, "paired t")
+        return Interval(r.value, r.lo, r.hi, r.n, "paired t", r.se, r.df)
     d = float(x.mean() - y.mean()) if x.size and y.size else float("nan")
     n = int(min(x.size, y.size))
     if x.size < 2 or y.size < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
@@ -85,10 +111,136 @@ def diff_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = math.sqrt(va + vb)
     if se == 0:
-        return Interval(d, d, d, n, "Welch t")
+        return Interval(d, d, d, n, "Welch t", 0.0, None)
     df = (va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1))
     h = t_quantile((1 + level) / 2, df) * se
-    return Interval(d, d - h, d + h, n, "Welch t")
+    return Interval(d, d - h, d + h, n, "Welch t", se, float(df))
+
+
+# --------------------------------------------------------------------------------------------
+# multiple comparisons, equivalence, power
+# --------------------------------------------------------------------------------------------
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family = the non-None entries, in any order):
+    ``p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))`` for the sorted ``p_(1) <= ... <= p_(m)``.
+    Rejecting where the adjusted p < alpha controls the family-wise error rate at alpha."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m = len(order)
+    out: list[float | None] = [None] * len(pvalues)
+    run = 0.0
+    for j, i in enumerate(order):
+        run = max(run, min(1.0, (m - j) * float(pvalues[i])))
+        out[i] = run
+    return out
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided t tests (TOST) of ``|true difference| < margin`` at level ``alpha``:
+    equivalent iff ``p < alpha`` iff the ``1 - 2 alpha`` interval lies inside ±margin."""
+
+    margin: float
+    p: float
+    lo: float          # the 1 - 2 alpha (90 %) interval
+    hi: float
+    alpha: float = 0.05
+
+    @property
+    def equivalent(self) -> bool:
+        return self.p < self.alpha
+
+
+def tost(iv: Interval, margin: float, alpha: float = 0.05) -> Equivalence | None:
+    """TOST for the difference ``iv`` (from :func:`diff_ci` or :func:`mean_ci`): the larger
+    of the one-sided p-values of ``d <= -margin`` and ``d >= margin``. None without a spread."""
+    if iv.se is None or margin <= 0 or not math.isfinite(iv.value):
+        return None
+    d = iv.value
+    if iv.se == 0:
+        p = 0.0 if abs(d) < margin else 1.0
+        return Equivalence(margin, p, d, d, alpha)
+    p = max(t_sf((d + margin) / iv.se, iv.df), t_sf((margin - d) / iv.se, iv.df))
+    h = t_quantile(1 - alpha, iv.df) * iv.se
+    return Equivalence(margin, p, d - h, d + h, alpha)
+
+
+_MAX_SEEDS = 100_000
+
+
+def _smallest_n(ok: Callable[[int], bool], start: int) -> int | None:
+    """Smallest ``n >= 2`` with ``ok(n)`` for a monotone ``ok``, searched from ``start``."""
+    n = max(2, min(_MAX_SEEDS, start))
+    while not ok(n):
+        if n >= _MAX_SEEDS:
+            return None
+        n = min(_MAX_SEEDS, n + max(1, n // 20))
+    while n > 2 and ok(n - 1):
+        n -= 1
+    return n
+
+
+def _se_df(sd: float, sd_b: float | None, n: int) -> tuple[float, float]:
+    """Standard error and degrees of freedom of a paired (``sd_b`` None: ``sd`` of the
+    differences) or two-sample Welch difference with ``n`` seeds per side."""
+    if sd_b is None:
+        return sd / math.sqrt(n), n - 1.0
+    va, vb = sd * sd / n, sd_b * sd_b / n
+    den = (va * va + vb * vb) / (n - 1)
+    return math.sqrt(va + vb), ((va + vb) ** 2 / den if den > 0 else 2.0 * n - 2)
+
+
+def t_test_power(gap: float, sd: float, n: int, level: float = LEVEL,
+                 sd_b: float | None = None) -> float:
+    """Power of the two-sided t test (paired, or Welch's with ``sd_b`` and ``n`` per side) at
+    level ``1 - level`` when the true difference is ``gap``: ``P(|T'| > t_crit)``, ``T'``
+    noncentral t with noncentrality ``gap / se``."""
+    from scipy.stats import nct
+
+    se, df = _se_df(sd, sd_b, n)
+    crit = t_quantile((1 + level) / 2, df)
+    nc = abs(gap) / se
+    return float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+
+
+def seeds_for_power(gap: float, sd: float | None, power: float = 0.8, level: float = LEVEL,
+                    sd_b: float | None = None) -> int | None:
+    """Seeds (per side for Welch) for the two-sided t test at level ``1 - level`` to detect a
+    true difference ``gap`` with probability ``power``, at spread ``sd`` (noncentral t; the
+    spread taken as known). None when ``gap`` is 0 or the spread unknown."""
+    if sd is None or gap == 0 or not math.isfinite(gap) or not math.isfinite(sd):
+        return None
+    if sd == 0 and not sd_b:
+        return 2
+    s = math.hypot(sd, sd_b or 0.0)
+    start = int(((1.96 + 0.84) * s / abs(gap)) ** 2)
+    return _smallest_n(lambda n: t_test_power(gap, sd, n, level, sd_b) >= power, start)
+
+
+def tost_power(gap: float, sd: float, margin: float, n: int, alpha: float = 0.05,
+               sd_b: float | None = None) -> float:
+    """Power of TOST at true difference ``gap`` (lower bound ``1 - P(T_L <= t) - P(T_U >= -t)``
+    with ``T_L``, ``T_U`` noncentral t at ``(gap ± margin) / se``; exact to well under 1 % at
+    the sample sizes it is used for)."""
+    from scipy.stats import nct
+
+    se, df = _se_df(sd, sd_b, n)
+    t = t_quantile(1 - alpha, df)
+    miss = nct.cdf(t, df, (gap + margin) / se) + nct.sf(-t, df, (gap - margin) / se)
+    return float(max(0.0, 1.0 - miss))
+
+
+def seeds_for_equivalence(gap: float, sd: float | None, margin: float, power: float = 0.8,
+                          alpha: float = 0.05, sd_b: float | None = None) -> int | None:
+    """Seeds for TOST to show ``|difference| < margin`` with probability ``power`` when the true
+    difference is ``gap``; None when ``|gap| >= margin`` (never, whatever the seeds)."""
+    if sd is None or not math.isfinite(gap) or abs(gap) >= margin:
+        return None
+    if sd == 0 and not sd_b:
+        return 2
+    s = math.hypot(sd, sd_b or 0.0)
+    start = int(((1.645 + 0.84) * s / (margin - abs(gap))) ** 2)
+    return _smallest_n(lambda n: tost_power(gap, sd, margin, n, alpha, sd_b) >= power, start)
 
 
 def _quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -193,32 +345,73 @@ def last_fraction_improvement(steps: Sequence[int], values: Sequence[float],
     return float(d if mode == "min" else -d)
 
 
+def first_passage(steps: Sequence[int], values: Sequence[float], target: float,
+                  mode: str = "min") -> float | None:
+    """First-passage time of a curve through ``target``, interpolated linearly between the
+    evaluation points around the first crossing: with ``j`` the first point whose value is
+    ``<= target`` (``>=`` for mode max), ``s_{j-1} + (s_j - s_{j-1}) (v_{j-1} - target) /
+    (v_{j-1} - v_j)``; ``s_0`` when the first point already is; None when no point is."""
+    s = np.asarray(steps, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if mode != "min":
+        v, target = -v, -target
+    idx = np.flatnonzero(v <= target)
+    if not idx.size:
+        return None
+    j = int(idx[0])
+    if j == 0:
+        return float(s[0])
+    v0, v1 = v[j - 1], v[j]
+    return float(s[j - 1] + (s[j] - s[j - 1]) * (v0 - target) / (v0 - v1))
+
+
 @dataclass
 class Slowdown:
-    """Slowdown of a label against its baseline (docs/CONVENTIONS.md §6)."""
+    """Slowdown of a label against its baseline (docs/CONVENTIONS.md §6).
 
-    target: float             # L* = the baseline's final smoothed seed-mean value
-    steps_base: int | None    # first step the baseline curve reaches L*
-    steps: int | None         # first step the label's curve reaches L*
-    slowdown: float | None    # steps / steps_base - 1; None = never reached / n/a
+    ``target``, ``steps_base`` and ``steps`` come from the seed-mean curves (interpolated
+    first passages). With ``method == "paired t"`` the point estimates ``slowdown`` and
+    ``equivalent`` are the means of the per-seed paired values (``per_seed``) and the
+    intervals their t intervals; a seed that never reaches its baseline's L* (``never``) or
+    ends below anything its baseline reached (``beyond``) has no finite value, and the mean is
+    then not given. Otherwise the point estimates come from the seed-mean curves and the
+    intervals (if any) from a percentile bootstrap over seeds."""
+
+    target: float               # L* = the baseline's final smoothed seed-mean value
+    steps_base: float | None    # first passage of the baseline's seed-mean curve through L*
+    steps: float | None         # first passage of the label's seed-mean curve through L*
+    slowdown: float | None      # steps / steps_base - 1; None = never reached / n/a
     equivalent: float | None = None   # T / t_base(label's final value) - 1
-    interval: tuple[float, float] | None = None       # bootstrap over seeds, as fractions
+    interval: tuple[float, float] | None = None       # as fractions
     eq_interval: tuple[float, float] | None = None
+    method: str = ""
+    n: int = 0                  # seeds behind the estimate
+    never: int = 0              # paired: seeds that never reach their L*
+    beyond: int = 0             # paired: seeds beyond their baseline
+    per_seed: list[tuple[float, float]] = field(default_factory=list)   # (slowdown, equivalent)
 
     @property
     def value(self) -> float:
         """As a number: never reached = +inf, n/a = nan."""
-        if self.steps is None:
+        if self.never or (self.steps is None and self.method != "paired t"):
             return math.inf
         return math.nan if self.slowdown is None else self.slowdown
 
     @property
     def text(self) -> str:
-        if self.steps is None:
+        if self.method == "paired t" and self.never:
+            return NEVER + ("" if self.never == self.n else f" ({self.never}/{self.n} seeds)")
+        if self.steps is None and self.method != "paired t":
             return NEVER
         if self.slowdown is None:
             return "n/a"
         return f"{100.0 * self.slowdown:+.1f}%"
+
+    @property
+    def eq_text(self) -> str:
+        if self.method == "paired t" and self.beyond:
+            return BEYOND + ("" if self.beyond == self.n else f" ({self.beyond}/{self.n} seeds)")
+        return pct_text(self.equivalent)
 
 
 def pct_text(x: float | None) -> str:
@@ -236,15 +429,16 @@ def interval_text(iv: tuple[float, float] | None) -> str:
 
 
 def _reach(bs, bm, rs, rm, mode: str) -> Slowdown:
-    """Slowdown from a baseline mean curve ``(bs, bm)`` and a label mean curve ``(rs, rm)``."""
+    """Slowdown from a baseline curve ``(bs, bm)`` and a label curve ``(rs, rm)``
+    (interpolated first passages)."""
     target = float(bm[-1])
-    sb = first_reach(bs, bm, target, mode)
-    sr = first_reach(rs, rm, target, mode) if rs.size else None
+    sb = first_passage(bs, bm, target, mode)
+    sr = first_passage(rs, rm, target, mode) if rs.size else None
     sd = sr / sb - 1.0 if (sr is not None and sb) else None
     eq = None
     if rs.size:
-        tb = first_reach(bs, bm, float(rm[-1]), mode)
-        eq = -math.inf if tb is None else (math.nan if tb == 0 else int(rs[-1]) / tb - 1.0)
+        tb = first_passage(bs, bm, float(rm[-1]), mode)
+        eq = -math.inf if tb is None else (math.nan if tb == 0 else float(rs[-1]) / tb - 1.0)
     return Slowdown(target=target, steps_base=sb, steps=sr, slowdown=sd, equivalent=eq)
 
 
@@ -255,19 +449,50 @@ def _mean_curve(curves: Sequence[Curve], k: int) -> tuple[np.ndarray, np.ndarray
     return steps, mat.mean(axis=0)
 
 
+def _paired(sd: Slowdown, base: Sequence[Curve], lab: Sequence[Curve], k: int, mode: str,
+            level: float) -> Slowdown:
+    """Per-seed slowdowns of ``lab[i]`` against ``base[i]`` (each smoothed over ``k`` points)
+    and their means with t intervals over seeds."""
+    per = []
+    for (bs, bv), (rs, rv) in zip(base, lab):
+        p = _reach(np.asarray(bs), trailing_mean(bv, k), np.asarray(rs), trailing_mean(rv, k),
+                   mode)
+        per.append((math.inf if p.slowdown is None else p.slowdown,
+                    math.nan if p.equivalent is None else p.equivalent))
+    sd.method, sd.n, sd.per_seed = "paired t", len(per), per
+    sd.never = sum(1 for x, _ in per if x == math.inf)
+    sd.beyond = sum(1 for _, e in per if e == -math.inf)
+    for attr, ivattr, vals in (("slowdown", "interval", [x for x, _ in per]),
+                               ("equivalent", "eq_interval", [e for _, e in per])):
+        if all(math.isfinite(v) for v in vals):
+            iv = mean_ci(vals, level)
+            setattr(sd, attr, iv.value)
+            setattr(sd, ivattr, (iv.lo, iv.hi) if iv.has_interval else None)
+        else:
+            setattr(sd, attr, None)
+            setattr(sd, ivattr, None)
+    return sd
+
+
 def compute_slowdown(baseline_curves: Sequence[Curve], curves: Sequence[Curve], k: int = 1,
-                     mode: str = "min", level: float = LEVEL, bootstrap: bool = True
-                     ) -> Slowdown:
+                     mode: str = "min", level: float = LEVEL, bootstrap: bool = True,
+                     paired: bool = False) -> Slowdown:
     """Slowdown and equivalent slowdown of ``curves`` (seeds of one label) against
-    ``baseline_curves``; with ``bootstrap`` and at least two seeds on each side, their
+    ``baseline_curves``. ``paired``: ``curves[i]`` and ``baseline_curves[i]`` share a seed;
+    with at least two such pairs the estimates are the means of the per-seed values with t
+    intervals over seeds. Otherwise, with ``bootstrap`` and at least two seeds on each side,
     percentile intervals from resampling the seeds of both labels."""
     base = [c for c in baseline_curves if c is not None and len(c[0])]
     lab = [c for c in curves if c is not None and len(c[0])]
     if not base:
         raise StatsError("baseline has no points for the metric")
     sd = _reach(*_mean_curve(base, k), *_mean_curve(lab, k), mode)
+    sd.n = len(lab)
+    if paired and len(base) == len(lab) == len(baseline_curves) == len(curves) >= 2:
+        return _paired(sd, base, lab, k, mode, level)
     if not (bootstrap and len(base) > 1 and len(lab) > 1):
         return sd
+    sd.method = "bootstrap"
     # a resample's mean curve: rows of the smoothed matrix when the seeds share their steps
     aligned = all(len({tuple(c[0]) for c in g}) == 1 for g in (base, lab))
     if aligned:

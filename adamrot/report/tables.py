@@ -21,12 +21,14 @@ from .events import ReportError, RunData
 from .labels import (ABSENT, SEED_KEY, LabelGroup, assign_baselines, auto_label_keys, config_value,
                      fmt_value, group_runs, label_string, metric_mode, natural, ordered_keys, resolve_key,
                      with_configs)
-from .stats import (LEVEL, NEVER, Interval, StatsError, compute_slowdown, diff_ci,
-                    interval_text, last_fraction_improvement, mean_ci, pct_text, seed_average)
+from .stats import (LEVEL, NEVER, Interval, StatsError, compute_slowdown, diff_ci, holm,
+                    interval_text, last_fraction_improvement, mean_ci, pct_text, seed_average,
+                    seeds_for_equivalence, seeds_for_power, tost)
 
 TRAIN_LOSS, VAL_LOSS, VAL_ACC1 = "train/loss", "val/loss", "val/acc1"
 FLAT_FRACTION, FLAT_TOLERANCE = 0.2, 0.02    # "flattened": last 20 % of steps improve < 2 %
 TRUNC = "†"
+ALPHA, POWER = 0.05, 0.8     # family-wise level of the Holm column and TOST; power of "seeds"
 
 
 def col(tag: str) -> str:
@@ -53,6 +55,7 @@ class Summary:
     finals: list[tuple[str, str]]       # (column stem, tag) of the final-value columns
     has_slowdown: bool
     notes: list[str] = field(default_factory=list)
+    margin: float | None = None         # the TOST margin (None: no equivalence column)
 
     @property
     def has_acc(self) -> bool:
@@ -70,27 +73,64 @@ def _paired_seeds(a: LabelGroup, b: LabelGroup) -> list[tuple[RunData, RunData]]
     return [(r, by[canon(r.config.get(SEED_KEY))]) for r in a.runs]
 
 
-def compare(c: LabelGroup, b: LabelGroup, metric: str, level: float = LEVEL) -> Interval | None:
+@dataclass(frozen=True)
+class Comparison:
+    """A difference of final values with what the tests need: the interval (paired t or
+    Welch), the spread (sd of the paired differences, or of each side for Welch)."""
+
+    iv: Interval
+    sd: float | None
+    sd_b: float | None = None       # Welch: the baseline side's sd (``sd``: the label's)
+
+    def seeds_for_power(self, power: float = POWER, level: float = LEVEL) -> int | None:
+        """Seeds (per side) for 80 % power of the two-sided test at the observed Δ and spread."""
+        return seeds_for_power(self.iv.value, self.sd, power, level, self.sd_b)
+
+    def equivalence(self, margin: float, alpha: float = ALPHA):
+        return tost(self.iv, margin, alpha)
+
+    def seeds_for_equivalence(self, margin: float, power: float = POWER,
+                              alpha: float = ALPHA) -> int | None:
+        return seeds_for_equivalence(self.iv.value, self.sd, margin, power, alpha, self.sd_b)
+
+
+def _sd(xs: Sequence[float]) -> float | None:
+    import numpy as np
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+
+
+def compare_detail(c: LabelGroup, b: LabelGroup, metric: str,
+                   level: float = LEVEL) -> Comparison | None:
     """Final ``metric`` of ``c`` minus that of its baseline ``b``: paired t over seeds when both
-    ran the same seeds, else Welch's interval."""
+    ran the same seeds, else Welch's interval; with the spread behind it."""
     pairs = _paired_seeds(c, b)
     if pairs is not None:
         xs = [(final_value(x, metric), final_value(y, metric)) for x, y in pairs]
         xs = [(x, y) for x, y in xs if x is not None and y is not None]
         if len(xs) == len(pairs):
-            return diff_ci([x for x, _ in xs], [y for _, y in xs], level, paired=True)
+            iv = diff_ci([x for x, _ in xs], [y for _, y in xs], level, paired=True)
+            return Comparison(iv, _sd([x - y for x, y in xs]))
     xa = [v for v in (final_value(r, metric) for r in c.runs) if v is not None]
     xb = [v for v in (final_value(r, metric) for r in b.runs) if v is not None]
     if not xa or not xb:
         return None
-    return diff_ci(xa, xb, level)
+    return Comparison(diff_ci(xa, xb, level), _sd(xa), _sd(xb))
+
+
+def compare(c: LabelGroup, b: LabelGroup, metric: str, level: float = LEVEL) -> Interval | None:
+    """Final ``metric`` of ``c`` minus that of its baseline ``b``: paired t over seeds when both
+    ran the same seeds, else Welch's interval."""
+    d = compare_detail(c, b, metric, level)
+    return None if d is None else d.iv
 
 
 def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
               group_keys: Sequence[str] = (), baseline: str | None = None,
               smooth: int = 1, metric: str = VAL_LOSS, mode: str | None = None,
-              level: float = LEVEL) -> Summary:
-    """Aggregate runs into the per-label summary table (numbers unformatted)."""
+              level: float = LEVEL, margin: float | None = None) -> Summary:
+    """Aggregate runs into the per-label summary table (numbers unformatted). Every Δ vs
+    baseline carries its two-sided p-value and Holm's adjustment over all the Δ of this table;
+    with ``margin`` also an equivalence test (TOST, ``|Δ| < margin``)."""
     if not runs:
         raise ReportError("no runs")
     runs = with_configs(runs)
@@ -124,9 +164,11 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
     columns += ["last20_improvement_pct", "truncated"]
     if has_slowdown:
         columns += ["baseline", "diff", "diff_ci95", "diff_method", "diff_excludes_zero",
-                    "target", "baseline_steps", "steps_to_target", "slowdown_pct",
-                    "slowdown_lo_pct", "slowdown_hi_pct", "slowdown",
-                    "eq_slowdown_pct", "eq_slowdown_lo_pct", "eq_slowdown_hi_pct"]
+                    "diff_p", "diff_p_holm", "diff_resolved_holm", "diff_seeds_80"]
+        columns += ["target", "baseline_steps", "steps_to_target", "slowdown_method",
+                    "slowdown_pct", "slowdown_lo_pct", "slowdown_hi_pct", "slowdown",
+                    "eq_slowdown_pct", "eq_slowdown_lo_pct", "eq_slowdown_hi_pct",
+                    "slowdown_never_seeds", "eq_beyond_seeds"]
     rows = []
     for c in cells:
         where = c.label + (f" [{c.group}]" if c.group else "")
@@ -170,6 +212,10 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
             if b is not None:
                 _compare_row(row, c, b, metric, smooth, mode, level, notes, where)
         rows.append(row)
+    if has_slowdown:
+        for r, adj in zip(rows, holm([r.get("diff_p") for r in rows])):
+            r["diff_p_holm"] = adj
+            r["diff_resolved_holm"] = None if adj is None else bool(adj < ALPHA)
     single = [c.label + (f" [{c.group}]" if c.group else "") for c in cells if len(c.runs) == 1]
     if single:
         notes.append(f"one seed, no interval: {'; '.join(single[:8])}"
@@ -181,41 +227,88 @@ def summarize(runs: Sequence[RunData], label_keys: Sequence[str] | None = None,
             if imp is not None and imp >= 100 * FLAT_TOLERANCE:
                 notes.append(f"baseline {c.label}{' [' + c.group + ']' if c.group else ''} "
                              f"still improves {imp:.1f}% over its last "
-                             f"{100 * FLAT_FRACTION:.0f}% of steps (flattened: < "
+                             f"{100 * FLAT_FRACTION:.0f}% of steps (seed-mean {metric}"
+                             + (f", trailing mean over K={smooth} points" if smooth > 1 else
+                                ", unsmoothed") + f"; flattened: < "
                              f"{100 * FLAT_TOLERANCE:.0f}%): train longer before reading "
                              f"the slowdown")
-    return Summary(cells=cells, label_keys=list(label_keys), group_keys=list(group_keys),
-                   shorts=shorts, metric=metric, mode=mode, smooth=smooth, rows=rows,
-                   columns=columns, baselines=bmap, finals=finals, has_slowdown=has_slowdown,
-                   notes=notes)
+    s = Summary(cells=cells, label_keys=list(label_keys), group_keys=list(group_keys),
+                shorts=shorts, metric=metric, mode=mode, smooth=smooth, rows=rows,
+                columns=columns, baselines=bmap, finals=finals, has_slowdown=has_slowdown,
+                notes=notes)
+    if margin is not None:
+        add_equivalence(s, margin, level)
+    return s
+
+
+TOST_COLUMNS = ["tost_margin", "tost_p", "tost_equivalent", "tost_seeds_80"]
+
+
+def add_equivalence(s: Summary, margin: float, level: float = LEVEL) -> Summary:
+    """Add the equivalence test of every Δ vs baseline to ``s`` (in place): TOST of
+    ``|Δ| < margin`` at level 5 % (``tost_p``, ``tost_equivalent``) and the seeds for 80 %
+    power of it at the observed Δ and spread (``tost_seeds_80``; None when ``|Δ| >= margin``)."""
+    if not s.has_slowdown:
+        return s
+    s.margin = margin
+    s.columns = [c for c in s.columns if c not in TOST_COLUMNS]
+    at = s.columns.index("diff_seeds_80") + 1
+    s.columns[at:at] = TOST_COLUMNS
+    for c, row in zip(s.cells, s.rows):
+        b = s.baselines.get(id(c))
+        d = None if b is None or b is c else compare_detail(c, b, s.metric, level)
+        e = None if d is None else d.equivalence(margin)
+        row.update(tost_margin=margin if e is not None else None,
+                   tost_p=None if e is None else e.p,
+                   tost_equivalent=None if e is None else e.equivalent,
+                   tost_seeds_80=None if e is None else d.seeds_for_equivalence(margin))
+    return s
+
+
+def _ordered_curves(c: LabelGroup, b: LabelGroup, metric: str):
+    """``(baseline curves, label curves, paired)``: matched by seed when both labels ran the
+    same distinct seeds and every run has the metric, else in run order, unpaired."""
+    pairs = _paired_seeds(c, b)
+    if pairs is not None:
+        cb = [(y.curve(metric), x.curve(metric)) for x, y in pairs]
+        if all(u is not None and v is not None for u, v in cb):
+            return [u for u, _ in cb], [v for _, v in cb], True
+    rc = [x for x in (r.curve(metric) for r in c.runs) if x is not None]
+    bc = [x for x in (r.curve(metric) for r in b.runs) if x is not None]
+    return bc, rc, False
 
 
 def _compare_row(row, c, b, metric, smooth, mode, level, notes, where) -> None:
     row["baseline"] = b.label
-    rc = [x for x in (r.curve(metric) for r in c.runs) if x is not None]
-    bc = [x for x in (r.curve(metric) for r in b.runs) if x is not None]
+    bc, rc, paired = _ordered_curves(c, b, metric)
     if not rc:
         row["slowdown"] = "no data"
         return
     if not bc:
         return
     if b is not c:
-        d = compare(c, b, metric, level)
+        d = compare_detail(c, b, metric, level)
         if d is not None:
-            row.update(diff=d.value, diff_ci95=d.half_width, diff_method=d.method,
-                       diff_excludes_zero=d.excludes_zero)
+            iv = d.iv
+            row.update(diff=iv.value, diff_ci95=iv.half_width, diff_method=iv.method,
+                       diff_excludes_zero=iv.excludes_zero, diff_p=iv.p,
+                       diff_seeds_80=d.seeds_for_power(POWER, level))
     try:
-        sd = compute_slowdown(bc, rc, smooth, mode, level, bootstrap=b is not c)
+        sd = compute_slowdown(bc, rc, smooth, mode, level, bootstrap=b is not c,
+                              paired=paired and b is not c)
     except StatsError as e:
         notes.append(f"{where}: no slowdown ({e})")
         row["slowdown"] = "n/a"
         return
     pct = lambda x: None if x is None or math.isnan(x) or math.isinf(x) else 100.0 * x  # noqa
     row.update(target=sd.target, baseline_steps=sd.steps_base, steps_to_target=sd.steps,
+               slowdown_method=None if b is c else (sd.method or None),
                slowdown_pct=None if sd.slowdown is None else 100.0 * sd.slowdown,
                slowdown="baseline" if b is c else sd.text,
-               eq_slowdown_pct=None if b is c else pct(sd.equivalent))
-    row["_eq_text"] = "" if b is c else pct_text(sd.equivalent)
+               eq_slowdown_pct=None if b is c else pct(sd.equivalent),
+               slowdown_never_seeds=sd.never if sd.method == "paired t" else None,
+               eq_beyond_seeds=sd.beyond if sd.method == "paired t" else None)
+    row["_eq_text"] = "" if b is c else sd.eq_text
     if sd.interval is not None:
         row.update(slowdown_lo_pct=pct(sd.interval[0]), slowdown_hi_pct=pct(sd.interval[1]))
         row["_sd_iv"] = interval_text(sd.interval)
@@ -239,6 +332,27 @@ def pm(mean: float | None, half: float | None, n: int, nd: int = 4) -> str:
     return f"{mean:.{nd}f} ± {half:.{nd}f}"
 
 
+def p_text(p: float | None) -> str:
+    """A p-value to two significant digits (``<1e-4`` below that)."""
+    if p is None:
+        return "-"
+    return "<1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+def seeds_text(n: int | None) -> str:
+    return "" if n is None else f" ({n} seeds for 80 % power)"
+
+
+def tost_text(p: float | None, equivalent: bool | None, need: int | None) -> str:
+    """The TOST cell: yes / no with its p-value, and the seeds 80 % power would need."""
+    if p is None:
+        return "-"
+    if equivalent:
+        return f"yes (p {p_text(p)})"
+    return f"no (p {p_text(p)}" + ("; |Δ| beyond the margin)" if need is None else
+                                  f"; {need} seeds for 80 % power)")
+
+
 def md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -252,8 +366,10 @@ def summary_markdown(s: Summary) -> str:
     head = gcols + ["label", "seeds"] + [FINAL_HEAD.get(stem, f"final {tag}")
                                         for stem, tag in s.finals]
     if s.has_slowdown:
-        head += [f"Δ final {s.metric} vs baseline", "Δ excludes 0", "L*", "steps to L*",
-                 "slowdown", "equivalent slowdown"]
+        head += [f"Δ final {s.metric} vs baseline", "p (Holm)", "Δ ≠ 0 (Holm)"]
+        if s.margin is not None:
+            head += [f"equivalent within ±{s.margin:g} (TOST)"]
+        head += ["L*", "steps to L*", "slowdown", "equivalent slowdown"]
     lines = [md_row(head), md_row(["---"] * len(head))]
     for r in s.rows:
         cut = TRUNC if r["truncated"] else ""
@@ -262,18 +378,26 @@ def summary_markdown(s: Summary) -> str:
                   for stem, _ in s.finals]
         if s.has_slowdown:
             if r["diff"] is None:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"] + (["-"] if s.margin is not None else [])
             else:
                 one = r["diff_ci95"] is None
                 cells += [f"{r['diff']:+.4f}" + (" (1 seed)" if one else
                                                  f" ± {r['diff_ci95']:.4f}"),
-                          "-" if one else ("yes" if r["diff_excludes_zero"] else "no")]
+                          "-" if r["diff_p"] is None else
+                          f"{p_text(r['diff_p'])} ({p_text(r['diff_p_holm'])})",
+                          "-" if r["diff_resolved_holm"] is None else
+                          "yes" if r["diff_resolved_holm"] else
+                          "no" + seeds_text(r["diff_seeds_80"])]
+                if s.margin is not None:
+                    cells.append(tost_text(r.get("tost_p"), r.get("tost_equivalent"),
+                                           r.get("tost_seeds_80")))
             if r["baseline"] is None or r["target"] is None:
                 cells += ["-", "-", r["slowdown"] or "-", "-"]
             else:
                 one = " (1 seed)" if r["n_seeds"] == 1 and r["slowdown"] != "baseline" else ""
                 cells += [f"{r['target']:.4f}",
-                          NEVER if r["steps_to_target"] is None else str(r["steps_to_target"]),
+                          NEVER if r["steps_to_target"] is None else
+                          f"{r['steps_to_target']:.0f}",
                           " ".join(x for x in (r["slowdown"], r.get("_sd_iv", "")) if x) + one,
                           (" ".join(x for x in (r.get("_eq_text", ""), r.get("_eq_iv", ""))
                                     if x) + one) or "-"]
@@ -413,5 +537,6 @@ def csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
 
 
 __all__ = ["Summary", "BestLR", "summarize", "summary_markdown", "best_lr_table",
-           "best_lr_markdown", "csv_text", "final_value", "compare", "find_lr_key", "next_grid_point",
+           "best_lr_markdown", "csv_text", "add_equivalence", "final_value", "compare", "compare_detail", "Comparison",
+           "find_lr_key", "next_grid_point",
            "TRAIN_LOSS", "VAL_LOSS", "VAL_ACC1"]

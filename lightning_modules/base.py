@@ -9,6 +9,7 @@ and :meth:`RotatableModule.configure_metrics` from ``self.hparams``.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable, Iterable, Optional
 
@@ -79,7 +80,11 @@ class RotatableModule(L.LightningModule):
         # the subclasses' arguments too (Lightning walks the __init__ frames)
         self.save_hyperparameters(ignore=["optimizer", "rotation"])
         self.optimizer_factory = optimizer or torch.optim.AdamW
-        self.rotation = RotationConfig.coerce(rotation)
+        # rotation.seed null = the run's seed_everything (Lightning's PL_GLOBAL_SEED); the
+        # resolved seed is what hparams and checkpoints record
+        env_seed = os.environ.get("PL_GLOBAL_SEED")
+        self.rotation = RotationConfig.coerce(rotation).with_run_seed(
+            int(env_seed) if env_seed not in (None, "") else None)
         self.hparams["rotation"] = self.rotation.to_dict()   # plain types: weights_only loads
         positive_int("model.warmup_steps", warmup_steps, minimum=0)
         if warmup_epochs is not None and warmup_epochs < 0:

@@ -238,18 +238,27 @@ class SVDBucket(Bucket):
 
     def adopt(self, unit: SVDUnit) -> None:
         l = next(i for i, u in enumerate(self.units) if u is unit)
-        if self.U is None:
-            self.U = BasisStack.slots(len(self.units), unit.U, self.device, self.dtype)
-            self.V = BasisStack.slots(len(self.units), unit.V, self.device, self.dtype)
-        self.U.adopt(l, unit.U)
-        self.V.adopt(l, unit.V)
+        self._adopt_bases(l, unit.U, unit.V)
         self._held[l] = (unit.U, unit.V)
 
+    def _adopt_bases(self, l: int, U, V) -> None:
+        if self.U is None:
+            self.U = BasisStack.slots(len(self.units), U, self.device, self.dtype)
+            self.V = BasisStack.slots(len(self.units), V, self.device, self.dtype)
+        self.U.adopt(l, U)
+        self.V.adopt(l, V)
+
     def prepare(self) -> None:
+        """Adopt every unit's current bases; a unit with none yet (its view has had no
+        gradient) rotates by the identity until its first refresh."""
         for l, u in enumerate(self.units):
             held = self._held[l]
-            if held is None or held[0] is not u.U or held[1] is not u.V:
-                u._check()
+            if held is not None and held[0] is u.U and held[1] is u.V:
+                continue
+            if u.U is None:
+                self._adopt_bases(l, *u.identity_bases(self.dtype, self.device))
+                self._held[l] = (None, None)
+            else:
                 self.adopt(u)
 
     def _rotate(self, X):

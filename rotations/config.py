@@ -5,7 +5,8 @@ model:
   rotation:
     scope: global          # none | global | layerwise | outputwise | inputwise | svd
     block_size: 768        # n of the block construction (App. A.3)
-    seed: 0                # rotations are regenerated bit-exactly from it
+    seed: null             # null: the run's seed (seed_everything); rotations are regenerated
+                           # bit-exactly from it
     svd_refresh_every: 200 # F of Alg. 5 (250 in the NeurIPS version)
     svd_moments: keep      # keep (Alg. 5) | reproject (carry first moments into the new basis)
     only: {value: layerwise}   # architecture-aware (App. C.2): listed types only, rest unrotated
@@ -13,7 +14,7 @@ model:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
 from .layout import PARAM_TYPES
@@ -29,7 +30,7 @@ class RotationConfig:
 
     scope: Scope = "none"
     block_size: int = 768
-    seed: int = 0
+    seed: Optional[int] = None     # None: the run's seed (see with_run_seed)
     svd_refresh_every: int = 200
     svd_moments: Literal["keep", "reproject"] = "keep"
     only: Optional[dict[str, Scope]] = None
@@ -43,6 +44,10 @@ class RotationConfig:
         if self.scope not in SCOPES:
             raise ValueError(f"rotation.scope: {self.scope!r} is not allowed; "
                              f"choose one of {', '.join(SCOPES)}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise ValueError(f"rotation.seed must be a non-negative integer or null (the run's "
+                             f"seed), got {self.seed!r}")
         for name in ("block_size", "svd_refresh_every", "svd_dense_max"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -75,6 +80,15 @@ class RotationConfig:
         if self.only is not None:
             return self.only.get(ptype, "none")
         return self.scope
+
+    def with_run_seed(self, run_seed: Optional[int]) -> "RotationConfig":
+        """This config with ``seed`` resolved: an explicit ``rotation.seed`` is kept (pinned),
+        ``None`` becomes the run's seed, so seeds vary the rotation together with the
+        initialisation and the data order (docs/CONVENTIONS.md §2); 0 when the run has no
+        seed either."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=0 if run_seed is None else int(run_seed))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -258,8 +258,8 @@ class RotatedOptimizer(torch.optim.Optimizer):
         done = set()
         for u in self.plan.svd_units:
             due = u.U is None or (step - 1) % every == 0
-            if not due or (u.U is not None and id(u.views[0].param) in self._no_grad):
-                continue
+            if not due or id(u.views[0].param) in self._no_grad:
+                continue                  # the first basis waits for the first real gradient
             st, carried = self.base.state.get(self._shadow[u.views[0].name], {}), {}
             if u.U is not None and self.config.svd_moments == "reproject":
                 for k in LINEAR_STATE_KEYS:      # to standard coordinates with the old basis

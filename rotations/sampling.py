@@ -33,6 +33,22 @@ def haar_orthogonal(n: int, generator: Optional[torch.Generator] = None,
     return (q * d.unsqueeze(0)).to(dtype)
 
 
+#: index dtypes a permutation may be stored in, smallest first (docs/CONVENTIONS.md §2)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def index_dtype(d: int, ladder: Optional[tuple] = None) -> torch.dtype:
+    """The first dtype of ``ladder`` that holds every index ``0 … d-1``: int32 up to 2³¹
+    coordinates, int64 beyond (``ladder`` is a parameter so tests can check the switch
+    on a small analogue, e.g. ``(torch.int16, torch.int64)`` at 32,768 / 32,769; the
+    default is :data:`INDEX_DTYPES`, read at call time)."""
+    ladder = INDEX_DTYPES if ladder is None else ladder
+    for dt in ladder:
+        if d - 1 <= torch.iinfo(dt).max:
+            return dt
+    raise ValueError(f"no index dtype in {ladder} holds {d} coordinates")
+
+
 def block_structure(d: int, block_size: int) -> tuple[int, int, int]:
     """``(n, k, p)``: block ``n = min(block_size, d)``, ``k = d // n`` copies, residual ``p``."""
     n = min(block_size, d)
@@ -43,7 +59,8 @@ def block_structure(d: int, block_size: int) -> tuple[int, int, int]:
 class BlockRotation:
     """``R = B P`` acting on one axis of size ``d`` (docs/CONVENTIONS.md §2).
 
-    ``P`` is a uniformly random permutation (``(P x)_i = x[perm[i]]``, stored once as int32),
+    ``P`` is a uniformly random permutation (``(P x)_i = x[perm[i]]``, stored once as int32,
+    or int64 beyond 2³¹ coordinates: :func:`index_dtype`),
     ``B`` the direct sum of ``k`` copies of one Haar ``R_n`` and a Haar residual ``R_p``.
     Sampling order from the ``(seed, key)`` stream: ``perm`` (when ``d > n``), ``R_n``,
     ``R_p``. The float64 ``R_n``/``R_p`` can be dropped with :meth:`release` once the
@@ -65,7 +82,8 @@ class BlockRotation:
 
     def _sample(self) -> None:
         g = seeded_generator(self.seed, self.key)
-        perm = torch.randperm(self.d, generator=g, dtype=torch.int32) if self.permuted else None
+        perm = (torch.randperm(self.d, generator=g, dtype=index_dtype(self.d))
+                if self.permuted else None)
         if self._perm is None:
             self._perm = perm
         R_n = haar_orthogonal(self.n, g)
@@ -74,7 +92,8 @@ class BlockRotation:
 
     @property
     def perm(self) -> Optional[torch.Tensor]:
-        """int32 ``(d,)``: the source coordinate of every rotated one (``None``: no ``P``)."""
+        """``(d,)`` int32 (int64 beyond 2³¹ coordinates): the source coordinate of every
+        rotated one (``None``: no ``P``)."""
         return self._perm
 
     @property

@@ -182,12 +182,22 @@ class SVDUnit(Unit):
         if self.U is None:
             raise RuntimeError(f"SVD basis of {self.name!r} used before the first refresh")
 
+    def identity_bases(self, dtype, device) -> tuple[OrthoBasis, OrthoBasis]:
+        """``(I, I)`` in the stacked form of real bases: the basis of a view that has not
+        had a gradient yet (its first refresh waits for one; docs/CONVENTIONS.md §4)."""
+        out, inp = self.views[0].shape
+        r = min(out, inp)
+        return (OrthoBasis.identity(out, r, self.dense_max, dtype, device),
+                OrthoBasis.identity(inp, r, self.dense_max, dtype, device))
+
     def rotate(self, mats):
-        self._check()
+        if self.U is None:                                              # no gradient yet
+            return [mats[0].clone()]
         return [self.U.apply_t(self.V.apply_right(mats[0]))]           # Uᵀ G V
 
     def unrotate(self, mats):
-        self._check()
+        if self.U is None:
+            return [mats[0].clone()]
         return [self.U.apply(self.V.apply_right_t(mats[0]))]           # U X Vᵀ
 
     def transport(self, x: torch.Tensor, old: tuple) -> torch.Tensor:
@@ -213,6 +223,7 @@ class RotationPlan:
     """All units for a model under a config; views in ``none`` scope go to one identity unit."""
 
     def __init__(self, views: list[LayerView], config: RotationConfig):
+        config = config.with_run_seed(None)     # an unresolved seed (no run around it): 0
         check_block_size(views, config)
         self.config = config
         self.views = views

@@ -9,15 +9,12 @@ from typing import Optional
 
 import torch
 
+from .sampling import index_dtype as _index_dtype
 from .svd import OrthoBasis
 
 #: int64 conversion of int32 scatter indices runs in chunks of this many entries (the
 #: index is stored once as int32; index_copy_ needs int64)
 SCATTER_CHUNK = 1 << 22
-
-
-def _index_dtype(numel: int) -> torch.dtype:
-    return torch.int32 if numel < 2 ** 31 - 1 else torch.int64
 
 
 def scatter_(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -195,8 +192,8 @@ class BlockStack:
         return torch.cat([Yh, torch.bmm(Xt, self.RpT)], dim=2)
 
     def unrotate_last(self, Y: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``Y (L, m, d)`` -> ``X`` with ``X[l, i] = R_lᵀ Y[l, i]`` (``out``: where to write
-        it, for vectors; may alias ``Y``)."""
+        """``Y (L, m, d)`` -> ``X`` with ``X[l, i] = R_lᵀ Y[l, i]``. With ``out`` (which may
+        alias ``Y``) the result is written there and ``out`` is returned, on every path."""
         self._check(Y, 2)
         L, m, d = Y.shape
         if self.permuted and m == 1:
@@ -205,12 +202,13 @@ class BlockStack:
         Z = torch.bmm(Y[..., :kn].reshape(L, m * k, n), self.Rn).view(L, m, kn)
         if p:
             Z = torch.cat([Z, torch.bmm(Y[..., kn:], self.Rp)], dim=2)
-        if not self.permuted:
+        if self.permuted:
+            _, _, inv = self._last_indices()
+            Z = (Z[0].index_select(1, inv).unsqueeze(0) if L == 1
+                 else torch.gather(Z, 2, inv.expand(L, m, d)))
+        if out is None:
             return Z
-        _, _, inv = self._last_indices()
-        if L == 1:
-            return Z[0].index_select(1, inv).unsqueeze(0)
-        return torch.gather(Z, 2, inv.expand(L, m, d))
+        return out.view(L, m, d).copy_(Z)      # Z is a fresh tensor: Y was fully read
 
     # -- columns: axis 1 --------------------------------------------------------------------
     def rotate_first(self, X: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,17 @@ class OrthoBasis:
         s = _sign_fix(torch.diagonal(a[:r]))
         return cls(m, a=a, tau=tau, signs=s)
 
+    @classmethod
+    def identity(cls, m: int, r: int, dense_max: int = 4096, dtype=torch.float32,
+                 device=None) -> "OrthoBasis":
+        """``I_m`` in the form :meth:`complete` gives ``r`` columns of ``R^m`` (dense, or
+        ``r`` Householder reflectors with ``τ = 0``), so it stacks with the real bases."""
+        if r == m or m <= dense_max:
+            return cls(m, dense=torch.eye(m, dtype=dtype, device=device))
+        return cls(m, a=torch.zeros(m, r, dtype=dtype, device=device),
+                   tau=torch.zeros(r, dtype=dtype, device=device),
+                   signs=torch.ones(r, dtype=dtype, device=device))
+
     @property
     def implicit(self) -> bool:
         return self.dense is None
@@ -113,14 +124,27 @@ class OrthoBasis:
                    tau=mv(st.get("tau")), signs=mv(st.get("signs")))
 
 
+def sign_convention(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fix the sign of every singular pair (docs/CONVENTIONS.md §4): column ``i`` of ``u``
+    is flipped so that its entry of largest magnitude (the first one on a tie) is positive,
+    and column ``i`` of ``v`` with it (``u_i σ_i v_iᵀ`` is unchanged). Two SVDs of one matrix
+    (float32 or float64 input, CPU or GPU, another LAPACK) then agree column by column
+    wherever the singular values are distinct."""
+    idx = u.abs().argmax(dim=0, keepdim=True)
+    s = _sign_fix(torch.gather(u, 0, idx)).squeeze(0)
+    return u * s, v * s
+
+
 def svd_factors(g: torch.Tensor, dense_max: int = 4096):
     """``(U, S, V)`` of a gradient matrix ``g`` (``out x in``): full-rank bases and the
-    singular values, computed in float64 for matrices of at most 2¹⁶ entries and in the
-    input's (>= fp32) precision otherwise, returned in ``g``'s dtype."""
-    work = g.double() if g.numel() <= 1 << 16 else g.float() if g.dtype != torch.float64 else g
-    u, s, vh = torch.linalg.svd(work, full_matrices=False)
-    u, v = u.to(g.dtype), vh.t().to(g.dtype)
+    singular values, returned in ``g``'s dtype. The factorisation always runs in float64
+    on ``g``'s device, whatever ``g``'s size: a float32 SVD leaves spurious singular values
+    near 1e-7·σ_max, and each would become an Adam update of almost full size (ε = 1e-8;
+    docs/CONVENTIONS.md §4). Signs follow :func:`sign_convention`."""
+    u, s, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    u, v = sign_convention(u, vh.t())
     del vh
+    u, v = u.to(g.dtype), v.to(g.dtype)
     return OrthoBasis.complete(u, dense_max), s.to(g.dtype), OrthoBasis.complete(v, dense_max)
 
 

@@ -47,6 +47,28 @@ def test_hparams_hold_every_level_and_rebuild_the_module(cls, kw, own):
     assert isinstance(m.build_optimizer(), RotatedOptimizer)
 
 
+def test_the_run_seed_drives_the_rotation_unless_pinned(monkeypatch):
+    """``rotation.seed: null`` (the shipped configs) takes the run's ``seed_everything``, so
+    seeds vary the rotation with the initialisation; an explicit seed is kept. The resolved
+    seed is what hparams (and so checkpoints and probes) record."""
+    kw = dict(vocab_size=37, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    free = GPTLightningModule(**kw, rotation={"scope": "global", "block_size": 8})
+    pinned = GPTLightningModule(**kw, rotation={"scope": "global", "block_size": 8, "seed": 3})
+    assert free.hparams["rotation"]["seed"] == 7 and pinned.hparams["rotation"]["seed"] == 3
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")
+    other = GPTLightningModule(**kw, rotation={"scope": "global", "block_size": 8})
+    r7 = free.build_optimizer().plan.units[0].R.R_n
+    r8 = other.build_optimizer().plan.units[0].R.R_n
+    assert not torch.equal(r7, r8)
+    assert torch.equal(r7, GPTLightningModule(**free.hparams).build_optimizer()
+                       .plan.units[0].R.R_n)             # rebuilt from hparams: the same R
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert GPTLightningModule(**kw, rotation={"scope": "global"}).rotation.seed == 0
+    with pytest.raises(ValueError, match="rotation.seed"):
+        GPTLightningModule(**kw, rotation={"scope": "global", "seed": -1})
+
+
 def test_base_arguments_reach_the_cli_through_kwargs():
     from jsonargparse import ArgumentParser
     p = ArgumentParser()

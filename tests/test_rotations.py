@@ -17,7 +17,7 @@ from rotations.layout import LayerView, infer_layout, model_layout
 from rotations.optimizer import RotatedOptimizer
 from rotations.sampling import BlockRotation, haar_orthogonal, seeded_generator
 from rotations.scopes import RotationPlan
-from rotations.svd import OrthoBasis, svd_bases
+from rotations.svd import OrthoBasis, sign_convention, svd_bases
 
 SCOPES = ["global", "layerwise", "outputwise", "inputwise", "svd"]
 
@@ -201,6 +201,7 @@ def test_implicit_householder_basis_matches_dense():
     Ui = U_imp.to_dense()
     assert torch.allclose(Ui.t() @ Ui, torch.eye(40, dtype=torch.float64), atol=1e-12)
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    u, _ = sign_convention(u, vh.t())                        # largest |entry| of u_i > 0
     assert torch.allclose(Ui[:, :6], u, atol=1e-10)         # first columns are exactly U_r
     assert torch.allclose(U_den.to_dense()[:, :6], u, atol=1e-10)
     x = torch.randn(40, 3, dtype=torch.float64)

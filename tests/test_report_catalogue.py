@@ -63,7 +63,14 @@ def test_summarize_fills_the_generated_blocks_from_runs(tmp_path):
     half = st.t.ppf(0.975, 2) * st.sem([1.875, 2.0, 2.125])
     # per scope: 3 seeds, mean ± 95 % t half-width; global - none paired by seed: +0.5, no spread
     assert f"| scope=none | 3 | 2.0000 ± {half:.4f} | 2.0000 ± {half:.4f} |" in text
-    assert "| scope=global | 3 |" in text and "| +0.5000 ± 0.0000 | yes |" in text
+    assert "| scope=global | 3 |" in text and "| +0.5000 ± 0.0000 | <1e-4 (<1e-4) | yes |" in text
+    # the equivalence column with the loss margin (our choice): output-wise = none exactly
+    assert f"| equivalent within ±{summarize.LOSS_MARGIN:g} (TOST) |" in text
+    assert "| +0.0000 ± 0.0000 | 1 (1) | no | yes (p <1e-4) |" in text.split("scope=outputwise")[1]
+    # every difference once in the catalogue-wide Holm block: fig5 repeats fig1a's runs
+    holm = text.split("<!-- generated:holm -->")[1] if "generated:holm" in text else \
+        (runs / "catalogue.md").read_text().split("## holm")[1]
+    assert "| fig1a, fig5 | scope=global − scope=none | 3 |" in holm
     assert "![fig1a](figures/full_fig1a.png)" in text and (tmp_path / "figures/full_fig1a.png").exists()
     assert "<!-- generated:muon -->\n_not run yet" in text and text.endswith("kept\n")
     assert "old" not in text
@@ -73,10 +80,17 @@ def test_summarize_fills_the_generated_blocks_from_runs(tmp_path):
 
 
 def test_check_flat(tmp_path, capsys):
+    """The pilot's check reads the curve smoothed as the tables do (trailing mean, K = 2)."""
+    assert summarize.FLAT_SMOOTH == 2
+    write_run(tmp_path / "flat", gpt_config("none", 0),
+              {"val/loss": [(99, 3.0), (199, 2.01), (299, 2.005), (399, 2.0)]})
+    # K = 2: 2.0075 at 299 -> 2.0025 at 399 improves 0.25 % (flat); unsmoothed it would too
+    assert summarize.main(["--check-flat", str(tmp_path / "flat")]) == 0
+    assert "K=2" in capsys.readouterr().out
+    # flat unsmoothed (2.0078 -> 2.0, 0.4 %) but not with K = 2 (2.254 -> 2.004, 11 %)
     fig1a_runs(tmp_path)
     d = tmp_path / "fig1a_gpt2_scopes"
-    # the last 20 % of 399 steps start after step 299: 299 -> 399 improves 0.4 % (flat)
-    assert summarize.main(["--check-flat", str(d / "scope=none_seed=0")]) == 0
+    assert summarize.main(["--check-flat", str(d / "scope=none_seed=0")]) == 1
     write_run(tmp_path / "steep", gpt_config("none", 0),
               {"val/loss": [(99, 4.0), (199, 3.0), (299, 2.5), (399, 2.0)]})
     assert summarize.main(["--check-flat", str(tmp_path / "steep")]) == 1
@@ -199,7 +213,8 @@ def test_og_ranking_at_best_lr_with_intervals(tmp_path):
     half = st.t.ppf(0.975, 2) * st.sem([2.125, 2.25, 2.375])
     lines = [x for x in rank.splitlines() if x.startswith("| 1 ") or x.startswith("| 2 ")]
     assert "betas=[0.95,0.95]" in lines[0] and f"| 3 | 2.2500 ± {half:.4f} |" in lines[0]
-    assert "betas=[0.0,0.95]" in lines[1] and "| +0.2500 ± 0.0000 | yes |" in lines[1]
+    assert "betas=[0.0,0.95]" in lines[1] and "| +0.2500 ± 0.0000 | <1e-4 | yes |" in lines[1]
+    assert lines[1].endswith("| no (p 1; Δ outside the margin) |")    # 0.25 > 0.02
     assert "not interior" not in text.split("| optimizer | setting |")[1].split("| rank |")[0]
 
 
@@ -224,7 +239,7 @@ def test_reproduce_md_blocks_are_all_generated(tmp_path):
 
     doc = (ROOT / "docs/REPRODUCE.md").read_text()
     names = re.findall(r"<!-- generated:(\w+) -->", doc)
-    assert sorted(names) == sorted(set(names)) and len(names) == 18
+    assert sorted(names) == sorted(set(names)) and len(names) == 19
     copy = tmp_path / "REPRODUCE.md"
     copy.write_text(doc)
     assert summarize.main(["--runs", str(tmp_path / "none"), "--write-docs", "--doc", str(copy),
@@ -233,7 +248,7 @@ def test_reproduce_md_blocks_are_all_generated(tmp_path):
     rewritten = copy.read_text()
     assert block.sub(r"\1\4", rewritten) == block.sub(r"\1\4", doc)
     bodies = [m.group(3) for m in block.finditer(rewritten)]
-    assert len(bodies) == 18 and all(b.startswith("_not run yet") for b in bodies)
+    assert len(bodies) == 19 and all(b.startswith("_not run yet") for b in bodies)
     cat = (tmp_path / "none" / "catalogue.md").read_text()
     assert sorted(re.findall(r"^## (\w+)$", cat, re.M)) == sorted(names)
 
@@ -280,7 +295,8 @@ def test_fig7_bound_over_seeds_with_paired_difference(tmp_path):
     assert f"| none | 3 | 1 ± {h:.2g} | - | - |" in text
     d = [g - n for g, n in zip(bounds["global"], bounds["none"])]
     hd = st.t.ppf(0.975, 2) * st.sem(d)
-    assert f"| global | 3 | 0.02 ± " in text and f"| {sum(d) / 3:+.3g} ± {hd:.2g} | yes |" in text
+    p = 2 * st.t.sf(abs(sum(d) / 3) / st.sem(d), 2)
+    assert f"| global | 3 | 0.02 ± " in text and f"| {sum(d) / 3:+.3g} ± {hd:.2g} | {p:.2g} | yes |" in text
     assert summarize.fig7(tmp_path / "nothing").startswith("_not run yet")
 
 
@@ -293,13 +309,16 @@ def test_orth_mean_cv_per_seed_and_paired_difference(tmp_path):
     text = summarize.orth(tmp_path)
     h = st.t.ppf(0.975, 2) * st.sem(cv["none"])
     assert f"| none | 3 | 1.5 ± {h:.2g} | - | - |" in text
-    assert "| svd | 3 | 0.75 ± " in text and "| -0.75 ± 0 | yes |" in text
+    assert "| svd | 3 | 0.75 ± " in text and "| -0.75 ± 0 | <1e-4 | yes |" in text
 
 
 def test_seed_table_names_the_seeds_an_unresolved_difference_needs():
-    from rotations.probes.intervals import rows_needed
     vals = {"none": {0: 1.0, 1: 2.0, 2: 3.0}, "svd": {0: 1.5, 1: 1.5, 2: 3.5}}   # Δ = .5, -.5, .5
     text = summarize._seed_table(["| h |"], vals)
     d = [0.5, -0.5, 0.5]
-    n = rows_needed(sum(d) / 3, float(st.tstd(d)))
-    assert n > 3 and f"| no ({n} seeds needed) |" in text
+    # 80 % power of the two-sided paired t test at effect size mean/sd, by noncentral t
+    es = (sum(d) / 3) / st.tstd(d)
+    power = lambda n: (st.nct.sf(st.t.ppf(0.975, n - 1), n - 1, es * n ** 0.5)  # noqa: E731
+                       + st.nct.cdf(-st.t.ppf(0.975, n - 1), n - 1, es * n ** 0.5))
+    n = next(k for k in range(2, 1000) if power(k) >= 0.8)
+    assert n > 3 and f"| no ({n} seeds for 80 % power) |" in text

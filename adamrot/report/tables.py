@@ -349,7 +349,7 @@ def tost_text(p: float | None, equivalent: bool | None, need: int | None) -> str
         return "-"
     if equivalent:
         return f"yes (p {p_text(p)})"
-    return f"no (p {p_text(p)}" + ("; |Δ| beyond the margin)" if need is None else
+    return f"no (p {p_text(p)}" + ("; Δ outside the margin)" if need is None else
                                   f"; {need} seeds for 80 % power)")
 
 

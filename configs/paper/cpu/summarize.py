@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from adamrot import report as rp
-from adamrot.report.tables import pm
+from adamrot.report import stats as st
+from adamrot.report.tables import (Comparison, add_equivalence, compare_detail, csv_text, md_row,
+                                   p_text, pm, seeds_text, tost_text)
 from adamrot.runs import atomic_write
 from rotations.probes.intervals import rows_needed
 
@@ -37,9 +39,48 @@ FIG = ROOT / "docs" / "figures"
 DOC = ROOT / "docs" / "REPRODUCE.md"
 NOT_RUN = "_not run yet (full tier: `bash configs/paper/run_cpu_twins.sh full`)_\n"
 
+# Equivalence margins of the TOST columns: our choices (no paper states one). 0.02 nats per
+# byte is 1.3 % of the unrotated twin's final loss (1.558) and 5 % of global's cost (+0.38);
+# 2 points of top-1 accuracy for the vision twins; 0.05 in the CV of the update's singular
+# values, 3 % of the unrotated CV (1.6).
+LOSS_MARGIN, ACC_MARGIN, CV_MARGIN = 0.02, 0.02, 0.05
+
+# every difference the blocks print, for Holm's adjustment over the whole catalogue (main)
+FAMILY: list[dict] = []
+
+
+def runs_key(*groups) -> tuple:
+    """Identifies a comparison by the runs on each side (run directories)."""
+    return tuple(frozenset(os.path.realpath(r.path) if r.path else r.name for r in g.runs)
+                 for g in groups)
+
+
+def register(where: str, what: str, cmp, margin: float | None = None,
+             key: tuple | None = None) -> None:
+    """Add a difference (a ``tables.Comparison``) to the catalogue's family; one with the same
+    ``key`` (the same runs on both sides, reported in two blocks) is listed once, naming both
+    places."""
+    iv = cmp.iv
+    if iv.p is None:
+        return
+    key = (where, what) if key is None else key
+    for d in FAMILY:
+        if d["key"] == key:
+            d["also"].append(where)
+            return
+    e = None if margin is None else cmp.equivalence(margin)
+    FAMILY.append(dict(key=key, where=where, what=what, iv=iv, also=[],
+                       need=cmp.seeds_for_power(), margin=margin, tost=e,
+                       tost_need=None if e is None else cmp.seeds_for_equivalence(margin)))
+
+
 # name -> (inputs relative to the runs root, report keyword arguments, figure?)
 FIG1A = "fig1a_gpt2_scopes"
 SEEDS3 = "_seed=[012]"
+MARGINS = {"fig1a": LOSS_MARGIN, "fig5": LOSS_MARGIN, "appA1": LOSS_MARGIN,
+           "appA4": LOSS_MARGIN, "appC2": LOSS_MARGIN, "svd_refresh": LOSS_MARGIN,
+           "appB2": LOSS_MARGIN, "muon": LOSS_MARGIN, "og_optimizers": LOSS_MARGIN,
+           "og_one_beta": LOSS_MARGIN, "fig1b": ACC_MARGIN, "appC1": ACC_MARGIN}
 REPORTS = {
     "fig1a": ([FIG1A], dict(label_keys=["scope"], smooth=2, train_smooth=5), True),
     "fig5": ([f"{FIG1A}/scope=none_seed=*", f"{FIG1A}/scope=outputwise_seed=*",
@@ -101,6 +142,16 @@ def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
             s = rp.write_report(rp.load_runs(paths), out, sources=patterns, **kw)
     except rp.ReportError as e:
         return f"_report failed: {e}_\n"
+    margin = MARGINS.get(name)
+    if margin is not None and s.has_slowdown:
+        add_equivalence(s, margin)
+        atomic_write(out / "summary.csv", csv_text(s.columns, s.rows))
+    for c, r in zip(s.cells, s.rows):
+        b = s.baselines.get(id(c))
+        if r.get("diff_p") is not None and b is not None:
+            grp = f" [{c.group}]" if c.group else ""
+            register(name, f"{c.label}{grp} − {b.label}", compare_detail(c, b, s.metric), margin,
+                     runs_key(c, b))
     text = rp.summary_markdown(s)
     for png in sorted(out.glob("loss_curves*.png")) if figures is not None and fig else []:
         dst = figures / f"full_{name}{png.stem[len('loss_curves'):]}.png"
@@ -109,15 +160,15 @@ def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
     if (out / "best_lr.md").exists():
         text += "\n" + (out / "best_lr.md").read_text().split("\n\n", 2)[-1]
     if name.startswith("og_"):
-        text += "\n" + ranking(s)
+        text += "\n" + ranking(s, name)
     if s.notes:
         text += "\n" + "\n".join(f"- {n}" for n in s.notes) + "\n"
     return text
 
 
-def ranking(s: rp.Summary) -> str:
+def ranking(s: rp.Summary, name: str = "og") -> str:
     """The labels with at least 3 seeds (each optimizer at its best lr), best first, each with
-    its difference to the best (paired by seed)."""
+    its difference to the best (paired by seed), its p-value and the equivalence test."""
     cells = [(c, r) for c, r in zip(s.cells, s.rows) if r["n_seeds"] >= 3
              and r["final_val_loss_mean"] is not None and np.isfinite(r["final_val_loss_mean"])]
     if not cells:
@@ -125,15 +176,24 @@ def ranking(s: rp.Summary) -> str:
     cells.sort(key=lambda t: t[1]["final_val_loss_mean"])
     best = cells[0][0]
     lines = ["| rank | optimizer at its best lr | seeds | final val loss | perplexity | "
-             "Δ vs best | Δ excludes 0 |", "|---|---|---|---|---|---|---|"]
+             f"Δ vs best | p | Δ excludes 0 (before Holm) | equivalent within ±{LOSS_MARGIN:g} "
+             "(TOST) |", "|---|---|---|---|---|---|---|---|---|"]
     for i, (c, r) in enumerate(cells, 1):
-        d = rp.compare(c, best, "val/loss") if c is not best else None
-        dtxt = "-" if d is None else f"{d.value:+.4f}" + (
-            f" ± {d.half_width:.4f}" if d.has_interval else " (1 seed)")
-        exc = "-" if d is None or not d.has_interval else ("yes" if d.excludes_zero else "no")
+        d = compare_detail(c, best, "val/loss") if c is not best else None
+        iv = None if d is None else d.iv
+        dtxt = "-" if iv is None else f"{iv.value:+.4f}" + (
+            f" ± {iv.half_width:.4f}" if iv.has_interval else " (1 seed)")
+        exc = "-" if iv is None or not iv.has_interval else (
+            "yes" if iv.excludes_zero else "no" + seeds_text(d.seeds_for_power()))
+        e = None if d is None else d.equivalence(LOSS_MARGIN)
+        eq = "-" if e is None else tost_text(e.p, e.equivalent,
+                                            d.seeds_for_equivalence(LOSS_MARGIN))
+        if d is not None:
+            register(name, f"{c.label} − {best.label}", d, LOSS_MARGIN, runs_key(c, best))
         lines.append(f"| {i} | {c.label} | {r['n_seeds']} | "
                      f"{pm(r['final_val_loss_mean'], r['final_val_loss_ci95'], r['n_seeds'])} | "
-                     f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | {exc} |")
+                     f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | "
+                     f"{'-' if iv is None else p_text(iv.p)} | {exc} | {eq} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,10 +206,12 @@ def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
                                       f"{val} ± {iv.half_width:.2g}") + " |"
 
 
-def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
+def _seed_table(lines: list[str], vals: dict[str, dict[int, float]], name: str = "",
+                margin: float | None = None) -> str:
     """One row per scope (``vals[scope][seed]``): mean ± 95 % t interval over seeds, and the
-    difference from none paired by seed (over the seeds both have), with the seeds an
-    unresolved difference would need at this spread."""
+    difference from none paired by seed (over the seeds both have) with its p-value, the
+    seeds an unresolved difference would need for 80 % power at this spread and, with
+    ``margin``, the equivalence test (TOST)."""
     if not vals:
         return NOT_RUN
     base = vals.get("none", {})
@@ -157,13 +219,20 @@ def _seed_table(lines: list[str], vals: dict[str, dict[int, float]]) -> str:
         row = _ci_row(s, [v[k] for k in sorted(v)])
         common = sorted(set(v) & set(base))
         if s == "none" or len(common) < 2:
-            lines.append(row + " - | - |")
+            lines.append(row + " - | - | - |" + (" - |" if margin is not None else ""))
             continue
-        iv = rp.diff_ci([v[k] for k in common], [base[k] for k in common], paired=True)
-        need = None if iv.excludes_zero else rows_needed(
-            iv.value, float(np.std([v[k] - base[k] for k in common], ddof=1)))
-        lines.append(row + f" {iv.value:+.3g} ± {iv.half_width:.2g} | " + (
-            "yes" if iv.excludes_zero else "no" + (f" ({need} seeds needed)" if need else "")) + " |")
+        a, b = [v[k] for k in common], [base[k] for k in common]
+        iv = rp.diff_ci(a, b, paired=True)
+        cmp = Comparison(iv, float(np.std([x - y for x, y in zip(a, b)], ddof=1)))
+        if name:
+            register(name, f"{s} − none", cmp, margin)
+        cell = f" {iv.value:+.3g} ± {iv.half_width:.2g} | {p_text(iv.p)} | " + (
+            "yes" if iv.excludes_zero else "no" + seeds_text(cmp.seeds_for_power())) + " |"
+        if margin is not None:
+            e = cmp.equivalence(margin)
+            cell += " " + ("-" if e is None else tost_text(
+                e.p, e.equivalent, cmp.seeds_for_equivalence(margin))) + " |"
+        lines.append(row + cell)
     return "\n".join(lines) + "\n"
 
 
@@ -189,8 +258,10 @@ def fig6(runs: Path) -> str:
         return NOT_RUN
     if len(sds["none"]) > 1 and len(sds["none"]) == len(sds["global"]):
         d = rp.diff_ci(sds["global"], sds["none"], paired=True)
+        register("fig6", "global − none", Comparison(d, float(np.std(
+            np.subtract(sds["global"], sds["none"]), ddof=1))))
         lines.append(f"\nglobal − none (paired by seed): {d.value:+.3f} ± {d.half_width:.3f}; "
-                     f"excludes 0: {'yes' if d.excludes_zero else 'no'}")
+                     f"p {p_text(d.p)}; excludes 0: {'yes' if d.excludes_zero else 'no'}")
     return "\n".join(lines) + "\n"
 
 
@@ -235,8 +306,8 @@ def fig7(runs: Path) -> str:
                 if p.exists() and (g := json.loads(p.read_text()).get("gradient_bound")):
                     vals.setdefault(s, {})[_seed_of(d)] = float(g["value"])
                     break
-    return _seed_table(["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | Δ excludes 0 |",
-                        "|---|---|---|---|---|"], vals)
+    return _seed_table(["| scope | seeds | L∞ bound | Δ vs none (paired over seeds) | p | "
+                        "Δ excludes 0 (before Holm) |", "|---|---|---|---|---|---|"], vals, "fig7")
 
 
 def probes(runs: Path) -> str:
@@ -290,7 +361,9 @@ def orth(runs: Path) -> str:
             if c is not None:
                 cvs.setdefault(s, {})[_seed_of(d)] = float(np.mean(c[1]))
     return _seed_table(["| scope | seeds | mean CV of the singular values of A | "
-                        "Δ vs none (paired over seeds) | Δ excludes 0 |", "|---|---|---|---|---|"], cvs)
+                        "Δ vs none (paired over seeds) | p | Δ excludes 0 (before Holm) | "
+                        f"equivalent within ±{CV_MARGIN:g} (TOST) |", "|---|---|---|---|---|---|---|"],
+                       cvs, "orth", CV_MARGIN)
 
 
 def _log_ratio_cell(xs: list[float]) -> tuple[str, str]:
@@ -341,16 +414,51 @@ def fig9(runs: Path) -> str:
     return "\n".join(lines) + "\n" + note if found else NOT_RUN
 
 
-def check_flat(paths: list[str]) -> int:
+FLAT_SMOOTH = REPORTS["fig1a"][1]["smooth"]     # the tables' smoothing (trailing mean, K = 2)
+
+
+def check_flat(paths: list[str], smooth: int = FLAT_SMOOTH) -> int:
+    """The share the seed-mean val/loss improves over its last 20 % of steps, on the curve
+    smoothed as in the tables (trailing mean over ``smooth`` evaluation points)."""
     runs = rp.load_runs(paths)
     curves = [c for c in (r.curve("val/loss") for r in runs) if c is not None]
-    s, m, _, _ = rp.seed_average(curves)
+    s, m, _, _ = rp.seed_average(curves, smooth)
     imp = rp.last_fraction_improvement(s, m, 0.2)
     ok = imp is not None and imp < 0.02
-    print(f"{len(curves)} run(s): val/loss improves "
+    print(f"{len(curves)} run(s): val/loss (trailing mean over K={smooth} points) improves "
           f"{'n/a' if imp is None else f'{100 * imp:.2f}%'} over the last 20% of steps "
           f"({'flat' if ok else 'NOT flat: raise trainer.max_steps'}; criterion < 2%)")
     return 0 if ok else 1
+
+
+def holm_block() -> str:
+    """Every difference the other blocks print (each distinct one once), with its two-sided
+    p-value, Holm's adjustment over all of them, and the equivalence test where a margin is
+    set: what the verdicts are judged on."""
+    if not FAMILY:
+        return NOT_RUN
+    adj = st.holm([d["iv"].p for d in FAMILY])
+    m = len(FAMILY)
+    lines = ["| block | difference | seeds | Δ ± 95 % | p | p Holm (all "
+             f"{m}) | Δ ≠ 0 after Holm | equivalent within the margin (TOST) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d, a in zip(FAMILY, adj):
+        iv = d["iv"]
+        where = ", ".join([d["where"]] + d["also"])
+        sig = "yes" if a < 0.05 else "no" + seeds_text(d["need"])
+        e = d["tost"]
+        eq = "-" if e is None else f"±{d['margin']:g}: " + tost_text(e.p, e.equivalent,
+                                                                   d["tost_need"])
+        lines.append(md_row([where, d["what"], str(iv.n),
+                             f"{iv.value:+.4g} ± {iv.half_width:.2g}", p_text(iv.p),
+                             p_text(a), sig, eq]))
+    return "\n".join(lines) + (
+        f"\n\nHolm's step-down adjustment over these {m} differences (family-wise error 5 %). "
+        "Seeds for 80 % power: the seeds (per side for Welch) at which a two-sided t test at "
+        "5 % (before adjustment) detects the observed Δ with probability 0.8 at the observed "
+        "spread (noncentral t), or TOST shows equivalence. Margins are our choice: "
+        f"{LOSS_MARGIN:g} nats per byte of loss, {ACC_MARGIN:g} of top-1 accuracy, {CV_MARGIN:g} "
+        "in CV. Probe tests over Hessian rows (Table 1, Fig. 8, Fig. 9) are not in the family.\n")
 
 
 def fill_doc(doc: str, blocks: dict[str, str]) -> str:
@@ -377,9 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
     doc_dir = Path(a.doc).resolve().parent
+    FAMILY.clear()
     blocks = {name: report(name, runs, figures, doc_dir) for name in REPORTS}
     blocks.update(fig6=fig6(runs), appA4_distance=appA4(runs), probes=probes(runs), fig7=fig7(runs),
                   fig9=fig9(runs), orth=orth(runs))
+    blocks["holm"] = holm_block()
     md = "\n".join(f"## {k}\n\n{v}" for k, v in blocks.items())
     runs.mkdir(parents=True, exist_ok=True)
     atomic_write(runs / "catalogue.md", md)

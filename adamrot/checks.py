@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from callbacks.nonfinite import requires_closure
+from rotations.zoo import requires_closure
 
 __all__ = ["check_optimizer"]
 

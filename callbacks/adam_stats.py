@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from rotations.probes import view_states
-from rotations.zoo import adam_moment_stats
+from rotations.probes import adam_moment_stats, view_states
 
 from ._common import PeriodicCallback, optimizers, views_for
 

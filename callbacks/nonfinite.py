@@ -6,7 +6,6 @@ it through :func:`guarded_optimizer_step`); nothing is patched on the optimizer.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Callable, Literal, Optional
 
@@ -15,8 +14,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from callbacks.checkpoint_io import last_checkpoint_path
+from rotations.zoo import requires_closure
 
-__all__ = ["NonFiniteError", "NonFiniteGuard", "guarded_optimizer_step", "requires_closure"]
+__all__ = ["NonFiniteError", "NonFiniteGuard", "guarded_optimizer_step"]
 
 
 class NonFiniteError(RuntimeError):
@@ -25,19 +25,6 @@ class NonFiniteError(RuntimeError):
 
 class _SkipStep(Exception):
     """Raised inside the closure to abandon an optimizer step before it updates anything."""
-
-
-def requires_closure(optimizer) -> bool:
-    """Whether ``optimizer.step`` (an optimizer or its class) needs a closure: it re-evaluates
-    the loss, like LBFGS."""
-    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
-    if issubclass(cls, torch.optim.LBFGS):
-        return True
-    try:
-        param = inspect.signature(cls.step).parameters.get("closure")
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return param is not None and param.default is inspect.Parameter.empty
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

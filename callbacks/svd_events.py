@@ -31,7 +31,6 @@ class SVDRefreshLogger(PeriodicCallback):
         opt = self._svd_optimizer(trainer)
         if opt is None or opt.rotation_step == 0 or opt.last_svd_refresh != opt.rotation_step:
             return
-        every = int(opt.plan.config.svd_refresh_every)
-        count = (opt.last_svd_refresh - 1) // every + 1
+        count = opt.plan.config.svd_refreshes_until(opt.last_svd_refresh)
         self.refresh_steps.append(step)
         log_scalars(trainer, {self.tag: 1.0, f"{self.tag}_count": float(count)}, step)

@@ -20,14 +20,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from rotations.config import RotationConfig
 from rotations.layout import LayerView, model_layout
 from rotations.optimizer import RotatedOptimizer
+from rotations.zoo import traits
 
 from .checks import positive_int
 from .gpt_model import nanogpt_param_groups
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
-
-#: parameter types Muon treats as hidden matrices (the rest get AdamW; NeurIPS Alg. 6)
-MUON_TYPES = {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "linear", "conv"}
 
 #: dense bf16 peak FLOP/s of GPUs Lightning's table lacks or lists with sparsity
 DENSE_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -171,15 +169,11 @@ class RotatableModule(L.LightningModule):
         groups = self.param_groups()
         factory = self.optimizer_factory
         probe = factory([dict(g) for g in groups])          # cheap: no state before step()
-        split = bool(getattr(probe, "requires_split_views", False))
-        if not (self.rotation.active or split):
+        t = traits(probe)                      # what this optimizer needs (rotations.zoo)
+        if not (self.rotation.active or t.split_views):
             return probe
-        options = None
-        if split:
-            def options(v: LayerView) -> dict:
-                return {"use_muon": v.ptype in MUON_TYPES and min(v.shape) > 1}
         return RotatedOptimizer(groups, factory, self.rotation_views(), self.rotation,
-                                split_views=split, view_group_options=options)
+                                split_views=t.split_views, view_group_options=t.view_options)
 
     def _total_steps(self) -> int:
         if self.decay_steps:

@@ -81,6 +81,15 @@ class RotationConfig:
             return self.only.get(ptype, "none")
         return self.scope
 
+    def svd_refresh_due(self, step: int) -> bool:
+        """Whether rotated-optimizer step ``step`` (1, 2, …) refreshes the SVD bases: steps
+        ``1, 1 + F, 1 + 2F, …`` (docs/CONVENTIONS.md §4)."""
+        return (step - 1) % self.svd_refresh_every == 0
+
+    def svd_refreshes_until(self, step: int) -> int:
+        """How many scheduled refreshes steps ``1 … step`` hold."""
+        return (step - 1) // self.svd_refresh_every + 1 if step >= 1 else 0
+
     def with_run_seed(self, run_seed: Optional[int]) -> "RotationConfig":
         """This config with ``seed`` resolved: an explicit ``rotation.seed`` is kept (pinned),
         ``None`` becomes the run's seed, so seeds vary the rotation together with the

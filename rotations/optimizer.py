@@ -254,10 +254,10 @@ class RotatedOptimizer(torch.optim.Optimizer):
     def _refresh_svd(self, grads: dict) -> set:
         """Refresh the due SVD bases from this step's gradients, one layer at a time (each
         new basis goes straight into its bucket's stack); returns the refreshed units."""
-        step, every = self.rotation_step, self.config.svd_refresh_every
+        step = self.rotation_step
         done = set()
         for u in self.plan.svd_units:
-            due = u.U is None or (step - 1) % every == 0
+            due = u.U is None or self.config.svd_refresh_due(step)
             if not due or id(u.views[0].param) in self._no_grad:
                 continue                  # the first basis waits for the first real gradient
             st, carried = self.base.state.get(self._shadow[u.views[0].name], {}), {}

@@ -200,13 +200,6 @@ class SVDUnit(Unit):
             return [mats[0].clone()]
         return [self.U.apply(self.V.apply_right_t(mats[0]))]           # U X Vᵀ
 
-    def transport(self, x: torch.Tensor, old: tuple) -> torch.Tensor:
-        """Carry a tensor from the old rotated basis to the current one:
-        ``U_newᵀ U_old X V_oldᵀ V_new``."""
-        U0, V0 = old
-        standard = U0.apply(V0.apply_right_t(x))
-        return self.rotate([standard])[0]
-
     def state(self) -> dict:
         if self.U is None:
             return {"refreshed_at": 0}

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from callbacks.adam_stats import AdamMomentStats
-from lightning_modules.base import MUON_TYPES
 from lightning_modules.gpt import GPTLightningModule
 from rotations.config import RotationConfig
 from rotations.layout import model_layout
@@ -111,7 +110,7 @@ def test_muon_through_adamrot_equals_torch_muon():
     ref = copy.deepcopy(ours)
     opt = ours.build_optimizer()
     views = model_layout(ref.model)
-    hidden = [v for v in views if v.ptype in MUON_TYPES and min(v.shape) > 1]
+    hidden = [v for v in views if v.ptype in MuonAdamW.muon_types and min(v.shape) > 1]
     assert {v.ptype for v in hidden} == {"query", "key", "value", "attn_out", "mlp_in",
                                          "mlp_out"}
     leaves = {v.name: v.matrix(v.param.detach()).clone().requires_grad_(True) for v in hidden}

@@ -482,3 +482,11 @@ def test_ddp_ranks_keep_identical_weights_and_rotations(tmp_path, scope):
             assert torch.equal(a[k], b[k]), k
         else:
             assert a[k] == b[k], k
+
+
+def test_svd_refresh_schedule_is_one_rule():
+    """Steps 1, 1 + F, 1 + 2F, … refresh (docs/CONVENTIONS.md §4); the optimizer and the
+    SVDRefreshLogger both read this one rule."""
+    cfg = RotationConfig(scope="svd", svd_refresh_every=3)
+    assert [t for t in range(1, 11) if cfg.svd_refresh_due(t)] == [1, 4, 7, 10]
+    assert [cfg.svd_refreshes_until(t) for t in (0, 1, 3, 4, 10)] == [0, 1, 1, 2, 4]

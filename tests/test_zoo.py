@@ -14,9 +14,9 @@ from rotations.zoo import (
     MuonAdamW,
     SignSGD,
     Signum,
-    adam_moment_stats,
     is_decoupled,
 )
+from rotations.probes import adam_moment_stats
 
 DT = torch.float64
 SHAPES = [(5, 3), (4,), (2, 3, 2)]
@@ -614,6 +614,26 @@ def test_weight_decay_mode_registry():
     assert weight_decay_mode(Signum(p, lr=0.1)) == "decoupled"
     assert weight_decay_mode(torch.optim.LBFGS(p)) == "none"
     assert set(WEIGHT_DECAY_MODES) == {"none", "decoupled", "coupled", "in_rule"}
+
+
+def test_traits_answer_for_every_optimizer():
+    """One place says what an optimizer needs (rotations.zoo.traits): the model, the
+    pre-run checks and the non-finite guard ask it instead of keeping their own lists."""
+    from rotations.layout import LayerView
+    from rotations.zoo import traits
+    p = [torch.nn.Parameter(torch.zeros(3, 2))]
+    t = traits(torch.optim.AdamW(p))
+    assert (t.weight_decay, t.closure, t.split_views, t.view_options) == (
+        "decoupled", False, False, None)
+    assert traits(torch.optim.LBFGS(p)).closure and traits(ClippedSGD(p, lr=0.1, clip=1.0)
+                                                           ).weight_decay == "in_rule"
+    m = traits(MuonAdamW([{"params": p, "use_muon": True}], ns_dtype="float32"))
+    assert m.split_views and m.weight_decay == "decoupled"
+    w = torch.nn.Parameter(torch.zeros(4, 3))
+    assert m.view_options(LayerView("q", w, "query")) == {"use_muon": True}
+    assert m.view_options(LayerView("e", w, "embedding")) == {"use_muon": False}
+    col = torch.nn.Parameter(torch.zeros(4, 1))
+    assert m.view_options(LayerView("c", col, "linear")) == {"use_muon": False}
 
 
 def test_config_class_paths_still_load():

@@ -95,6 +95,15 @@ class MuonAdamW(Optimizer):
     decoupled_weight_decay = True
     #: the rotation engine gives every LayerView its own tensor (fused Q/K/V -> 3 matrices)
     requires_split_views = True
+    #: parameter types Muon takes (2-D hidden matrices, NeurIPS Alg. 6); the rest, the
+    #: embeddings, the LM head and 1-D parameters, go to AdamW
+    muon_types = frozenset({"query", "key", "value", "attn_out", "mlp_in", "mlp_out",
+                            "linear", "conv"})
+
+    @classmethod
+    def view_options(cls, view) -> dict:
+        """Base-group options of one LayerView (:func:`rotations.zoo.traits`)."""
+        return {"use_muon": view.ptype in cls.muon_types and min(view.shape) > 1}
 
     def __init__(
         self,

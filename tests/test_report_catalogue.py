@@ -322,3 +322,26 @@ def test_seed_table_names_the_seeds_an_unresolved_difference_needs():
                        + st.nct.cdf(-st.t.ppf(0.975, n - 1), n - 1, es * n ** 0.5))
     n = next(k for k in range(2, 1000) if power(k) >= 0.8)
     assert n > 3 and f"| no ({n} seeds for 80 % power) |" in text
+
+
+def test_contrasts_join_the_catalogue_family_paired_by_seed(tmp_path):
+    """The differences between two rotated settings that the verdicts quote are computed from
+    the runs (final val/loss paired by seed) and enter the Holm family."""
+    g = {0: 1.9, 1: 2.0, 2: 2.2}
+    n32 = {0: 1.8, 1: 1.85, 2: 2.0}                                 # Δ = .1, .15, .2
+    for seed in g:
+        write_run(tmp_path / "fig1a_gpt2_scopes" / f"scope=global_seed={seed}",
+                  gpt_config("global", seed), {"val/loss": [(100, 3.0), (200, g[seed])]})
+        write_run(tmp_path / "appA1_block_size" / f"block_size=32_seed={seed}",
+                  gpt_config("global", seed), {"val/loss": [(100, 3.0), (200, n32[seed])]})
+    summarize.FAMILY.clear()
+    summarize.contrasts(tmp_path)
+    assert len(summarize.FAMILY) == 1                                # appC2 has no runs here
+    d = summarize.FAMILY[0]
+    assert (d["where"], d["what"]) == ("appA1", "global n = 768 − global n = 32")
+    want = st.ttest_rel([g[k] for k in g], [n32[k] for k in g])
+    assert d["iv"].value == pytest.approx(0.15, abs=1e-6)
+    assert d["iv"].p == pytest.approx(want.pvalue, rel=1e-5)
+    block = summarize.holm_block()
+    assert "| appA1 | global n = 768 − global n = 32 | 3 | +0.15 ± " in block
+    summarize.FAMILY.clear()

@@ -431,6 +431,39 @@ def check_flat(paths: list[str], smooth: int = FLAT_SMOOTH) -> int:
     return 0 if ok else 1
 
 
+# differences between two non-baseline labels that the verdicts quote (paired by seed):
+# (block, what, runs of the first label, runs of the second), globs under the runs root
+CONTRASTS = [
+    ("appA1", "global n = 768 − global n = 32", f"{FIG1A}/scope=global{SEEDS3}",
+     "appA1_block_size/block_size=32_seed=*"),
+    ("appC2", "embedding output-wise − embedding layer-wise",
+     "appC2_arch_aware/only=-embedding-outputwise-_seed=*",
+     "appC2_arch_aware/only=-embedding-layerwise-_seed=*"),
+    ("appC2", "value output-wise − value layer-wise",
+     "appC2_arch_aware/only=-value-outputwise-_seed=*",
+     "appC2_arch_aware/only=-value-layerwise-_seed=*"),
+]
+
+
+def contrasts(runs: Path) -> None:
+    """Add the :data:`CONTRASTS` (final val/loss, paired over the seeds both have) to the
+    catalogue's family."""
+    for where, what, a, b in CONTRASTS:
+        fin = []
+        for pat in (a, b):
+            dirs = sorted(x for x in runs.glob(pat) if x.is_dir())
+            fin.append({_seed_of(d): c[1][-1] for d in dirs
+                        if (c := rp.RunData(d.name, {}, rp.read_scalars(d)).curve("val/loss"))
+                        is not None})
+        common = sorted(set(fin[0]) & set(fin[1]))
+        if len(common) < 2:
+            continue
+        x, y = [float(fin[0][k]) for k in common], [float(fin[1][k]) for k in common]
+        iv = rp.diff_ci(x, y, paired=True)
+        register(where, what, Comparison(iv, float(np.std(np.subtract(x, y), ddof=1))),
+                 LOSS_MARGIN)
+
+
 def holm_block() -> str:
     """Every difference the other blocks print (each distinct one once), with its two-sided
     p-value, Holm's adjustment over all of them, and the equivalence test where a margin is
@@ -489,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = {name: report(name, runs, figures, doc_dir) for name in REPORTS}
     blocks.update(fig6=fig6(runs), appA4_distance=appA4(runs), probes=probes(runs), fig7=fig7(runs),
                   fig9=fig9(runs), orth=orth(runs))
+    contrasts(runs)
     blocks["holm"] = holm_block()
     md = "\n".join(f"## {k}\n\n{v}" for k, v in blocks.items())
     runs.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import scipy.stats as st
 import yaml
@@ -345,3 +346,41 @@ def test_contrasts_join_the_catalogue_family_paired_by_seed(tmp_path):
     block = summarize.holm_block()
     assert "| appA1 | global n = 768 − global n = 32 | 3 | +0.15 ± " in block
     summarize.FAMILY.clear()
+
+
+def test_holm_block_adjusts_differences_and_equivalence_claims_separately():
+    """Holm over every registered difference; the TOST p-values of the equivalence claims
+    (a paper says "no difference") adjusted among the claims only."""
+    from adamrot.report import stats
+    from adamrot.report.tables import Comparison
+
+    def cmp(d):
+        iv = stats.diff_ci(d, [0.0] * len(d), paired=True)
+        return Comparison(iv, float(st.tstd(d)))
+    diffs = {"a": [0.30, 0.32, 0.35], "b": [0.005, -0.004, 0.002], "c": [0.01, -0.012, 0.004]}
+    summarize.FAMILY.clear()
+    for name, d in diffs.items():
+        summarize.register("x", name, cmp(d), 0.02, claim=name != "a")
+    summarize.register("y", "a again", cmp(diffs["a"]), 0.02, key=("x", "a"))   # same runs
+    text = summarize.holm_block()
+    summarize.FAMILY.clear()
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| x")}
+    assert set(rows) == {"a", "b", "c"} and rows["a"].startswith("| x, y | a |")
+    p = {n: 2 * st.t.sf(abs(np.mean(d)) / st.sem(d), 2) for n, d in diffs.items()}
+    order = sorted(p, key=p.get)
+    adj, run = {}, 0.0
+    for j, n in enumerate(order):
+        run = max(run, min(1.0, (3 - j) * p[n]))
+        adj[n] = run
+    for n in diffs:
+        assert f"| {summarize.p_text(adj[n])} | " in rows[n]
+    tp = {}
+    for n in ("b", "c"):
+        d, se = np.mean(diffs[n]), st.sem(diffs[n])
+        tp[n] = max(st.t.sf((d + 0.02) / se, 2), st.t.sf((0.02 - d) / se, 2))
+    lo, hi = sorted(tp, key=tp.get)
+    tadj = {lo: min(1.0, 2 * tp[lo]), hi: max(min(1.0, 2 * tp[lo]), tp[hi])}
+    for n in ("b", "c"):
+        assert rows[n].split(" | ")[-1].startswith(summarize.p_text(tadj[n]) + ": ")
+    assert rows["a"].endswith("| - |")                               # not a claim
+    assert "adjusted among the 2 claims" in text and "over these 3 differences" in text

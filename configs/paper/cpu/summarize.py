@@ -55,11 +55,27 @@ def runs_key(*groups) -> tuple:
                  for g in groups)
 
 
+# Where a paper claims "no difference" (the equivalence claims, tested by TOST and adjusted
+# with Holm among themselves): block -> labels ("*": every label of the block).
+EQUAL_CLAIMS = {
+    "fig1a": {"scope=outputwise"},          # arXiv §3.1 "Results" 4: no significant degradation
+    "appA4": {"scope=global, attention=math"},   # arXiv App. A.4: identical to unrotated SGD
+    "appC2": {'only={"embedding":"outputwise"}'},   # arXiv App. C.2: degradation unnoticeable
+    "appC1": {"*"},                         # arXiv §3.1 "Results" 3: minimal degradation
+    "og_one_beta": {"*"},                   # O&G abstract: beta1 = beta2 near-optimal
+}
+
+
+def claims_equal(block: str, label: str) -> bool:
+    labels = EQUAL_CLAIMS.get(block, set())
+    return "*" in labels or label in labels
+
+
 def register(where: str, what: str, cmp, margin: float | None = None,
-             key: tuple | None = None) -> None:
+             key: tuple | None = None, claim: bool = False) -> None:
     """Add a difference (a ``tables.Comparison``) to the catalogue's family; one with the same
     ``key`` (the same runs on both sides, reported in two blocks) is listed once, naming both
-    places."""
+    places. ``claim``: a paper says there is no difference (an equivalence claim)."""
     iv = cmp.iv
     if iv.p is None:
         return
@@ -67,11 +83,11 @@ def register(where: str, what: str, cmp, margin: float | None = None,
     for d in FAMILY:
         if d["key"] == key:
             d["also"].append(where)
+            d["claim"] = d["claim"] or (claim and margin is not None)
             return
     e = None if margin is None else cmp.equivalence(margin)
-    FAMILY.append(dict(key=key, where=where, what=what, iv=iv, also=[],
-                       need=cmp.seeds_for_power(), margin=margin, tost=e,
-                       tost_need=None if e is None else cmp.seeds_for_equivalence(margin)))
+    FAMILY.append(dict(key=key, where=where, what=what, iv=iv, also=[], cmp=cmp,
+                       margin=margin, tost=e, claim=claim and e is not None))
 
 
 # name -> (inputs relative to the runs root, report keyword arguments, figure?)
@@ -151,7 +167,7 @@ def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
         if r.get("diff_p") is not None and b is not None:
             grp = f" [{c.group}]" if c.group else ""
             register(name, f"{c.label}{grp} − {b.label}", compare_detail(c, b, s.metric), margin,
-                     runs_key(c, b))
+                     runs_key(c, b), claims_equal(name, c.label))
     text = rp.summary_markdown(s)
     for png in sorted(out.glob("loss_curves*.png")) if figures is not None and fig else []:
         dst = figures / f"full_{name}{png.stem[len('loss_curves'):]}.png"
@@ -189,7 +205,8 @@ def ranking(s: rp.Summary, name: str = "og") -> str:
         eq = "-" if e is None else tost_text(e.p, e.equivalent,
                                             d.seeds_for_equivalence(LOSS_MARGIN))
         if d is not None:
-            register(name, f"{c.label} − {best.label}", d, LOSS_MARGIN, runs_key(c, best))
+            register(name, f"{c.label} − {best.label}", d, LOSS_MARGIN, runs_key(c, best),
+                     claims_equal(name, c.label))
         lines.append(f"| {i} | {c.label} | {r['n_seeds']} | "
                      f"{pm(r['final_val_loss_mean'], r['final_val_loss_ci95'], r['n_seeds'])} | "
                      f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | "
@@ -207,7 +224,7 @@ def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
 
 
 def _seed_table(lines: list[str], vals: dict[str, dict[int, float]], name: str = "",
-                margin: float | None = None) -> str:
+                margin: float | None = None, claims: tuple[str, ...] = ()) -> str:
     """One row per scope (``vals[scope][seed]``): mean ± 95 % t interval over seeds, and the
     difference from none paired by seed (over the seeds both have) with its p-value, the
     seeds an unresolved difference would need for 80 % power at this spread and, with
@@ -225,7 +242,7 @@ def _seed_table(lines: list[str], vals: dict[str, dict[int, float]], name: str =
         iv = rp.diff_ci(a, b, paired=True)
         cmp = Comparison(iv, float(np.std([x - y for x, y in zip(a, b)], ddof=1)))
         if name:
-            register(name, f"{s} − none", cmp, margin)
+            register(name, f"{s} − none", cmp, margin, claim=s in claims)
         cell = f" {iv.value:+.3g} ± {iv.half_width:.2g} | {p_text(iv.p)} | " + (
             "yes" if iv.excludes_zero else "no" + seeds_text(cmp.seeds_for_power())) + " |"
         if margin is not None:
@@ -363,7 +380,7 @@ def orth(runs: Path) -> str:
     return _seed_table(["| scope | seeds | mean CV of the singular values of A | "
                         "Δ vs none (paired over seeds) | p | Δ excludes 0 (before Holm) | "
                         f"equivalent within ±{CV_MARGIN:g} (TOST) |", "|---|---|---|---|---|---|---|"],
-                       cvs, "orth", CV_MARGIN)
+                       cvs, "orth", CV_MARGIN, claims=("outputwise",))
 
 
 def _log_ratio_cell(xs: list[float]) -> tuple[str, str]:
@@ -432,23 +449,25 @@ def check_flat(paths: list[str], smooth: int = FLAT_SMOOTH) -> int:
 
 
 # differences between two non-baseline labels that the verdicts quote (paired by seed):
-# (block, what, runs of the first label, runs of the second), globs under the runs root
+# (block, what, runs of the first label, runs of the second, equivalence claim), globs under
+# the runs root
 CONTRASTS = [
     ("appA1", "global n = 768 − global n = 32", f"{FIG1A}/scope=global{SEEDS3}",
-     "appA1_block_size/block_size=32_seed=*"),
+     "appA1_block_size/block_size=32_seed=*", False),
     ("appC2", "embedding output-wise − embedding layer-wise",
      "appC2_arch_aware/only=-embedding-outputwise-_seed=*",
-     "appC2_arch_aware/only=-embedding-layerwise-_seed=*"),
+     "appC2_arch_aware/only=-embedding-layerwise-_seed=*", False),
+    # arXiv App. C.2: output-wise rotation of value "does not improve the performance"
     ("appC2", "value output-wise − value layer-wise",
      "appC2_arch_aware/only=-value-outputwise-_seed=*",
-     "appC2_arch_aware/only=-value-layerwise-_seed=*"),
+     "appC2_arch_aware/only=-value-layerwise-_seed=*", True),
 ]
 
 
 def contrasts(runs: Path) -> None:
     """Add the :data:`CONTRASTS` (final val/loss, paired over the seeds both have) to the
     catalogue's family."""
-    for where, what, a, b in CONTRASTS:
+    for where, what, a, b, claim in CONTRASTS:
         fin = []
         for pat in (a, b):
             dirs = sorted(x for x in runs.glob(pat) if x.is_dir())
@@ -461,35 +480,50 @@ def contrasts(runs: Path) -> None:
         x, y = [float(fin[0][k]) for k in common], [float(fin[1][k]) for k in common]
         iv = rp.diff_ci(x, y, paired=True)
         register(where, what, Comparison(iv, float(np.std(np.subtract(x, y), ddof=1))),
-                 LOSS_MARGIN)
+                 LOSS_MARGIN, claim=claim)
 
 
-def holm_block() -> str:
+def holm_block(alpha: float = 0.05) -> str:
     """Every difference the other blocks print (each distinct one once), with its two-sided
     p-value, Holm's adjustment over all of them, and the equivalence test where a margin is
-    set: what the verdicts are judged on."""
+    set; the equivalence claims (a paper says "no difference") with their TOST p-values
+    adjusted by Holm among themselves: what the verdicts are judged on."""
     if not FAMILY:
         return NOT_RUN
     adj = st.holm([d["iv"].p for d in FAMILY])
     m = len(FAMILY)
+    claims = [d for d in FAMILY if d["claim"]]
+    k = len(claims)
+    tadj = dict(zip(map(id, claims), st.holm([d["tost"].p for d in claims])))
     lines = ["| block | difference | seeds | Δ ± 95 % | p | p Holm (all "
-             f"{m}) | Δ ≠ 0 after Holm | equivalent within the margin (TOST) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{m}) | Δ ≠ 0 after Holm | equivalent within the margin (TOST, unadjusted) | "
+             f"equivalence claim: TOST p Holm (all {k}) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d, a in zip(FAMILY, adj):
-        iv = d["iv"]
+        iv, cmp = d["iv"], d["cmp"]
         where = ", ".join([d["where"]] + d["also"])
-        sig = "yes" if a < 0.05 else "no" + seeds_text(d["need"])
+        sig = "yes" if a < alpha else "no" + seeds_text(
+            cmp.seeds_for_power(level=1 - alpha / m))
         e = d["tost"]
-        eq = "-" if e is None else f"±{d['margin']:g}: " + tost_text(e.p, e.equivalent,
-                                                                   d["tost_need"])
+        eq = "-" if e is None else f"±{d['margin']:g}: " + tost_text(
+            e.p, e.equivalent, cmp.seeds_for_equivalence(d["margin"]))
+        claim = "-"
+        if d["claim"]:
+            ta = tadj[id(d)]
+            claim = f"{p_text(ta)}: " + ("equivalent" if ta < alpha else "not shown" + seeds_text(
+                cmp.seeds_for_equivalence(d["margin"], alpha=alpha / k)))
         lines.append(md_row([where, d["what"], str(iv.n),
                              f"{iv.value:+.4g} ± {iv.half_width:.2g}", p_text(iv.p),
-                             p_text(a), sig, eq]))
+                             p_text(a), sig, eq, claim]))
     return "\n".join(lines) + (
-        f"\n\nHolm's step-down adjustment over these {m} differences (family-wise error 5 %). "
-        "Seeds for 80 % power: the seeds (per side for Welch) at which a two-sided t test at "
-        "5 % (before adjustment) detects the observed Δ with probability 0.8 at the observed "
-        "spread (noncentral t), or TOST shows equivalence. Margins are our choice: "
+        f"\n\nHolm's step-down adjustment over these {m} differences (family-wise error 5 %); "
+        f"the equivalence claims' TOST p-values are adjusted among the {k} claims. Seeds for "
+        "80 % power: for \"Δ ≠ 0\", the seeds (per side for Welch) at which a two-sided t test "
+        f"at the Bonferroni level 5 %/{m} (what Holm demands of the smallest p, an upper bound "
+        "for the others) detects the observed Δ with probability 0.8 at the observed spread "
+        "(noncentral t, spread taken as known); for TOST, the seeds at which it shows "
+        f"equivalence with probability 0.8 at 5 % (claims: at 5 %/{k}) if the true Δ is the "
+        "observed one. Margins are our choice: "
         f"{LOSS_MARGIN:g} nats per byte of loss, {ACC_MARGIN:g} of top-1 accuracy, {CV_MARGIN:g} "
         "in CV. Probe tests over Hessian rows (Table 1, Fig. 8, Fig. 9) are not in the family.\n")
 

@@ -50,9 +50,10 @@ FAMILY: list[dict] = []
 
 
 def runs_key(*groups) -> tuple:
-    """Identifies a comparison by the runs on each side (run directories)."""
-    return tuple(frozenset(os.path.realpath(r.path) if r.path else r.name for r in g.runs)
-                 for g in groups)
+    """Identifies a comparison by the runs on each side (run directories), in either order
+    (a difference and its negative are one test)."""
+    return frozenset(frozenset(os.path.realpath(r.path) if r.path else r.name for r in g.runs)
+                     for g in groups)
 
 
 # Where a paper claims "no difference" (the equivalence claims, tested by TOST and adjusted
@@ -82,7 +83,8 @@ def register(where: str, what: str, cmp, margin: float | None = None,
     key = (where, what) if key is None else key
     for d in FAMILY:
         if d["key"] == key:
-            d["also"].append(where)
+            if where != d["where"] and where not in d["also"]:
+                d["also"].append(where)
             d["claim"] = d["claim"] or (claim and margin is not None)
             return
     e = None if margin is None else cmp.equivalence(margin)
@@ -182,6 +184,37 @@ def report(name: str, runs: Path, figures: Path | None, doc_dir: Path) -> str:
     return text
 
 
+# Orvieto & Gower's pairwise orderings that the earlier catalogue contradicted (their 160M
+# ranking: Adam < Signum < RMSprop < signSGD < SGD): (better per the paper, worse per the paper,
+# label prefixes of the 3-seed labels at each optimizer's best lr)
+OG_PAIRS = [("Adam (0.95, 0.95)", "RMSprop", "optimizer=AdamW, betas=[0.95,0.95]",
+             "optimizer=AdamW, betas=[0.0,0.95]"),
+            ("signSGD", "SGD-M", "optimizer=SignSGD,", "optimizer=SGD,")]
+
+
+def og_pairs(s: rp.Summary, cells: list, name: str) -> str:
+    """The paper's pairwise claims among the 3-seed labels: Δ = (paper's better) − (paper's
+    worse), negative when the paper's order holds."""
+    out = []
+    for better, worse, pa, pb in OG_PAIRS:
+        a = next((c for c, _ in cells if c.label.startswith(pa)), None)
+        b = next((c for c, _ in cells if c.label.startswith(pb)), None)
+        if a is None or b is None:
+            continue
+        d = compare_detail(a, b, "val/loss")
+        if d is None or not d.iv.has_interval:
+            continue
+        register(name, f"{a.label} − {b.label}", d, LOSS_MARGIN, runs_key(a, b))
+        out.append(f"| {better} − {worse} | {d.iv.value:+.4f} ± {d.iv.half_width:.4f} | "
+                   f"{p_text(d.iv.p)} |")
+    if not out:
+        return ""
+    return ("\nThe paper's orderings that the earlier catalogue contradicted (Δ < 0: the "
+            "paper's order; Holm in [all differences](#m-holm)):\n\n"
+            "| paper: better − worse | Δ final val loss (paired) | p |\n|---|---|---|\n"
+            + "\n".join(out) + "\n")
+
+
 def ranking(s: rp.Summary, name: str = "og") -> str:
     """The labels with at least 3 seeds (each optimizer at its best lr), best first, each with
     its difference to the best (paired by seed), its p-value and the equivalence test."""
@@ -211,7 +244,7 @@ def ranking(s: rp.Summary, name: str = "og") -> str:
                      f"{pm(r['final_val_loss_mean'], r['final_val_loss_ci95'], r['n_seeds'])} | "
                      f"{np.exp(r['final_val_loss_mean']):.2f} | {dtxt} | "
                      f"{'-' if iv is None else p_text(iv.p)} | {exc} | {eq} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (og_pairs(s, cells, name) if name == "og_optimizers" else "")
 
 
 def _ci_row(label: str, xs: list[float], nd: int = 3, unit: str = "") -> str:
@@ -461,6 +494,9 @@ CONTRASTS = [
     ("appC2", "value output-wise − value layer-wise",
      "appC2_arch_aware/only=-value-outputwise-_seed=*",
      "appC2_arch_aware/only=-value-layerwise-_seed=*", True),
+    # the ViT table tests top-1 accuracy; verdict 2 also reads the validation loss
+    ("fig1b", "global − none, final val loss", "fig1b_vit_scopes/scope=global_seed=*",
+     "fig1b_vit_scopes/scope=none_seed=*", False),
 ]
 
 

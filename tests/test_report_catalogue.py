@@ -216,6 +216,9 @@ def test_og_ranking_at_best_lr_with_intervals(tmp_path):
     assert "betas=[0.95,0.95]" in lines[0] and f"| 3 | 2.2500 ± {half:.4f} |" in lines[0]
     assert "betas=[0.0,0.95]" in lines[1] and "| +0.2500 ± 0.0000 | <1e-4 | yes |" in lines[1]
     assert lines[1].endswith("| no (p 1; Δ outside the margin) |")    # 0.25 > 0.02
+    # the paper's pairwise claim Adam (0.95, 0.95) better than RMSprop, paired by seed
+    assert "| Adam (0.95, 0.95) − RMSprop | -0.2500 ± 0.0000 | <1e-4 |" in text
+    assert "signSGD − SGD-M" not in text                               # not run here
     assert "not interior" not in text.split("| optimizer | setting |")[1].split("| rank |")[0]
 
 

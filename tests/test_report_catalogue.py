@@ -274,11 +274,14 @@ def test_fig9_tests_the_block_order_row_by_row(tmp_path):
     text = summarize.fig9(tmp_path)
     mlp = next(line for line in text.splitlines() if line.startswith("| none | mlp_in |"))
     # every row has neuron/layer = 10 and layer/other = 1/2 exactly: zero spread, both resolved
-    assert "| +1.00 ± 0.00 | larger | -0.30 ± 0.00 | **smaller** |" in mlp
+    assert "| +1.00 ± 0.00 | larger (p Holm <1e-4) | -0.30 ± 0.00 | **smaller** (p Holm <1e-4) |" in mlp
     value = next(line for line in text.splitlines() if line.startswith("| none | value |"))
     lr = [math.log10(1 / o) for o in (0.5, 2.0, 0.9, 1.2)]
     m, h = sum(lr) / 4, st.t.ppf(0.975, 3) * st.sem(lr)
-    assert f"| {m:+.2f} ± {h:.2f} | unresolved (" in value and value.endswith("rows) |")
+    # four ratio tests in the table: value's layer/other is the largest p, Holm keeps it
+    p = 2 * st.t.sf(abs(m) / st.sem(lr), 3)
+    assert f"| {m:+.2f} ± {h:.2f} | unresolved (p Holm {p:.2g}; " in value
+    assert value.endswith("rows for 80 % power) |") and "Holm's adjustment over the 4 ratio" in text
     assert "| none | value | 4 |" in value
 
 

@@ -32,7 +32,6 @@ from adamrot.report import stats as st
 from adamrot.report.tables import (Comparison, add_equivalence, compare_detail, csv_text, md_row,
                                    p_text, pm, seeds_text, tost_text)
 from adamrot.runs import atomic_write
-from rotations.probes.intervals import rows_needed
 
 ROOT = Path(__file__).resolve().parents[3]
 FIG = ROOT / "docs" / "figures"
@@ -416,34 +415,43 @@ def orth(runs: Path) -> str:
                        cvs, "orth", CV_MARGIN, claims=("outputwise",))
 
 
-def _log_ratio_cell(xs: list[float]) -> tuple[str, str]:
-    """Mean and 95 % t interval of per-row log10 ratios, with what it says about the paper's
-    ">" claim: larger / smaller / unresolved (rows needed at this spread)."""
-    iv = rp.mean_ci(xs)
-    if not iv.has_interval:
-        return f"{iv.value:+.2f} (1 row)", "one row"
-    cell = f"{iv.value:+.2f} ± {iv.half_width:.2f}"
-    if iv.lo > 0:
-        return cell, "larger"
-    if iv.hi < 0:
-        return cell, "**smaller**"
-    need = rows_needed(iv.value, float(np.std(xs, ddof=1)))
-    return cell, f"unresolved ({need} rows)" if need else "unresolved"
+def _log_ratio_cells(tests: list[list[float]], alpha: float = 0.05) -> list[tuple[str, str]]:
+    """Per test (the per-row log10 ratios of one type and pair of blocks): mean ± 95 % t
+    interval and what it says about the paper's ">" claim after Holm's adjustment over all the
+    tests of the table: larger / **smaller** / unresolved (rows for 80 % power at the
+    Bonferroni level of the table)."""
+    ivs = [rp.mean_ci(xs) for xs in tests]
+    adj = st.holm([iv.p for iv in ivs])
+    m = sum(a is not None for a in adj)
+    out = []
+    for xs, iv, a in zip(tests, ivs, adj):
+        if not iv.has_interval:
+            out.append((f"{iv.value:+.2f} (1 row)", "one row"))
+            continue
+        cell = f"{iv.value:+.2f} ± {iv.half_width:.2f}"
+        if a < alpha:
+            out.append((cell, ("larger" if iv.value > 0 else "**smaller**")
+                        + f" (p Holm {p_text(a)})"))
+            continue
+        need = st.seeds_for_power(iv.value, float(np.std(xs, ddof=1)), level=1 - alpha / m)
+        out.append((cell, f"unresolved (p Holm {p_text(a)}" +
+                     (f"; {need} rows for 80 % power)" if need else ")")))
+    return out
 
 
 def fig9(runs: Path) -> str:
     """Mean |H_ij| in the same-neuron / same-layer / other-layer blocks of rows of each type, and
     the paper's claim (same neuron > same layer > other layers) tested row by row: the log10
-    ratio of two blocks' mean |H_ij| in the same row, mean ± 95 % t interval over the rows."""
+    ratio of two blocks' mean |H_ij| in the same row, mean ± 95 % t interval over the rows,
+    verdicts after Holm over all the ratio tests of the table."""
     lines = ["| scope | type | rows | same neuron | same layer | other layers | "
              "log10 neuron/layer | verdict | log10 layer/other | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    found = False
+    table: list[tuple[str, list[str], list]] = []     # (row head, block cells, ratio tests)
     for s in ("none", "global"):
         p = runs / FIG1A / f"scope={s}_seed=0" / "probe_types" / "probe.json"
         if not p.exists():
             continue
-        found = True
         rows = (json.loads(p.read_text()).get("hessian") or {}).get("rows") or []
         for t in dict.fromkeys(r["ptype"] for r in rows):
             rs = [r for r in rows if r["ptype"] == t]
@@ -453,15 +461,25 @@ def fig9(runs: Path) -> str:
                 iv = rp.mean_ci(m[b])
                 cells.append(f"{iv.value:.2e}" + (f" ± {iv.half_width:.1e}" if iv.has_interval
                                                    else " (1 row)"))
+            ratios = []
             for hi, lo in (("neuron", "layer"), ("layer", "other")):
                 ok = [(a, b) for a, b in zip(m[hi], m[lo]) if a > 0 and b > 0]
-                cells.extend(_log_ratio_cell([float(np.log10(a / b)) for a, b in ok]) if ok
-                             else ("-", "zero block"))
-            lines.append(f"| {s} | {t} | {len(rs)} | " + " | ".join(cells) + " |")
+                ratios.append([float(np.log10(a / b)) for a, b in ok] if ok else None)
+            table.append((f"| {s} | {t} | {len(rs)} | ", cells, ratios))
+    if not table:
+        return NOT_RUN
+    tests = [xs for _, _, ratios in table for xs in ratios if xs]
+    done = iter(_log_ratio_cells(tests))
+    for head, cells, ratios in table:
+        for xs in ratios:
+            cells.extend(next(done) if xs else ("-", "zero block"))
+        lines.append(head + " | ".join(cells) + " |")
     note = ("\nlog10 ratios are paired within each Hessian row (one seed-0 checkpoint per scope); "
             "**larger** agrees with the paper's claim (same neuron > same layer > other layers), "
-            "**smaller** contradicts it; an unresolved ratio gives the rows needed at this spread.\n")
-    return "\n".join(lines) + "\n" + note if found else NOT_RUN
+            "**smaller** contradicts it, each after Holm's adjustment over the "
+            f"{len(tests)} ratio tests of this table; an unresolved ratio gives the rows for 80 % "
+            f"power at the Bonferroni level 5 %/{len(tests)} and this spread.\n")
+    return "\n".join(lines) + "\n" + note
 
 
 FLAT_SMOOTH = REPORTS["fig1a"][1]["smooth"]     # the tables' smoothing (trailing mean, K = 2)

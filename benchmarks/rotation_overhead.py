@@ -38,7 +38,11 @@ MODELS = {
     "small": dict(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256),
     "tiny": dict(vocab_size=320, block_size=128, n_layer=4, n_head=4, n_embd=128),
 }
-SCOPES = ["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+try:                                   # the scope table (older checkouts: the paper's six)
+    from rotations.scopes import SCOPE_NAMES as SCOPES
+except ImportError:
+    SCOPES = ("none", "global", "layerwise", "outputwise", "inputwise", "svd")
+SCOPES = list(SCOPES)
 ROWS = ["adamw-foreach", "adamw-fused"] + SCOPES
 
 

@@ -3,7 +3,7 @@
 ```yaml
 model:
   rotation:
-    scope: global          # none | global | layerwise | outputwise | inputwise | svd
+    scope: global          # none | global | layerwise | outputwise | inputwise | svd | permutation
     block_size: 768        # n of the block construction (App. A.3)
     seed: null             # null: the run's seed (seed_everything); rotations are regenerated
                            # bit-exactly from it
@@ -19,9 +19,12 @@ from typing import Literal, Optional
 
 from .layout import PARAM_TYPES
 
-SCOPES = ("none", "global", "layerwise", "outputwise", "inputwise", "svd")
+from .scopes.table import SCOPE_NAMES
+
+#: allowed values of rotation.scope: the scope table's names (rotations/scopes/table.py)
+SCOPES = SCOPE_NAMES
 SVD_MOMENTS = ("keep", "reproject")
-Scope = Literal["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+Scope = Literal[SCOPE_NAMES]
 
 
 @dataclass

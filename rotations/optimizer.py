@@ -5,7 +5,7 @@ rotate the gradients (fp32 or better), let the base optimizer step *shadow* tens
 values are zero (so a shadow ends up holding the rotated update), unrotate the update and add
 it to the parameters. How weight decay composes with the rotation, which parameters skip a
 step, and the SVD refresh are in docs/CONVENTIONS.md §1, §4 and §5; memory and speed of the
-batched path (:mod:`rotations.batched`) in docs/ROTATIONS.md.
+batched path (the buckets of :mod:`rotations.scopes`) in docs/ROTATIONS.md.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from .config import RotationConfig
-from .batched import Bucket, SVDBucket, build_buckets
 from .layout import LayerView, check_layout
-from .scopes import IdentityUnit, RotationPlan
+from .scopes import Bucket, IdentityUnit, RotationPlan, SVDBucket, build_buckets
 from .zoo import weight_decay_mode
 
 #: state entries that are linear in the gradients (transported on an SVD refresh)
@@ -108,6 +107,8 @@ class RotatedOptimizer(torch.optim.Optimizer):
         # buckets of same-shape units; shadows (fp32 or better), one per shadowed view, are
         # views of their bucket's buffer
         self._buckets: list[Bucket] = build_buckets(self.plan.units)
+        #: the fast path's buckets (read-only for observers: memory, benchmarks)
+        self.buckets: tuple[Bucket, ...] = tuple(self._buckets)
         if compile:
             kw = dict(compile) if isinstance(compile, dict) else {}
             # every bucket is one more specialisation of the same few functions: make
@@ -343,7 +344,7 @@ class RotatedOptimizer(torch.optim.Optimizer):
                     before[b] = b.buffer.clone()
                 else:
                     b.buffer.zero_()
-                mixed = b.kind == "global"     # every global slot mixes all params
+                mixed = b.mixes_views          # every global slot mixes all params
                 for v, s, r in zip(b.views, b.shadows, rotated):
                     if id(v.param) in self._no_grad and not mixed:
                         s.grad = None

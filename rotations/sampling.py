@@ -1,6 +1,6 @@
 """Haar-random rotations and the block-plus-permutation construction ``R = B P``
 (docs/CONVENTIONS.md §2). :class:`BlockRotation` is the reference, one-rotation maths; the
-optimizer applies stacks of them with :class:`rotations.batched.BlockStack`.
+optimizer applies stacks of them with :class:`rotations.stacks.BlockStack`.
 
 Everything is sampled on the CPU from a generator seeded by ``(seed, key)``, in float64, so
 every DDP rank and every resume rebuilds bit-identical rotations. Pure PyTorch.

@@ -2,7 +2,7 @@
 maths: :class:`OrthoBasis` holds ``U`` or ``V`` densely, or, for tall factors such as the
 embedding's ``U``, as Householder reflectors of the reduced factor (``torch.geqrf``, applied
 with ``torch.ormqr``, never formed). The optimizer stacks them in
-:class:`rotations.batched.BasisStack`. Pure PyTorch.
+:class:`rotations.stacks.BasisStack`. Pure PyTorch.
 """
 from __future__ import annotations
 

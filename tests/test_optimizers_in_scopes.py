@@ -16,9 +16,10 @@ from rotations.config import RotationConfig
 from rotations.layout import model_layout
 from rotations.optimizer import RotatedOptimizer
 from rotations.probes import view_states
+from rotations.scopes import SCOPE_NAMES
 from rotations.zoo import AdamOneBeta, ClippedSGD, MuonAdamW, Signum, SignSGD
 
-SCOPES = ["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+SCOPES = list(SCOPE_NAMES)                    # the scope table: a new row is tested
 OPTIMIZERS = {
     "adamw": functools.partial(torch.optim.AdamW, lr=1e-3),
     "adam_one_beta": functools.partial(AdamOneBeta, lr=1e-3, beta=0.95),

@@ -17,11 +17,11 @@ from rotations.optimizer import RotatedOptimizer
 from rotations.sampling import BlockRotation
 from rotations.scopes import (ColUnit, GlobalUnit, IdentityUnit, LayerUnit, RotationPlan,
                               RowUnit, SVDUnit)
-from rotations.batched import build_buckets
+from rotations.scopes import SCOPE_NAMES, PermutationUnit, build_buckets
 from rotations.stacks import BasisStack, BlockStack
 from rotations.svd import svd_bases
 
-SCOPES = ["global", "layerwise", "outputwise", "inputwise", "svd"]
+SCOPES = [s for s in SCOPE_NAMES if s != "none"]     # the scope table: a new row is tested
 # n_embd 16, mlp 64, vocab 37, context 8: 5 and 24 divide none / some of them, 4 and 8 all
 # but 37, 768 is larger than every row, column and layer (no permutation at all)
 BLOCKS = [4, 5, 24, 768]
@@ -65,6 +65,12 @@ def reference(unit, mats, inverse=False):
     if isinstance(unit, SVDUnit):            # G -> Uᵀ G V ; X -> U X Vᵀ
         U, V = unit.U.to_dense().double(), unit.V.to_dense().double()
         return [U @ mats[0] @ V.t()] if inverse else [U.t() @ mats[0] @ V]
+    if isinstance(unit, PermutationUnit):    # vec(G) -> P vec(G), P[i, perm[i]] = 1
+        n = unit.views[0].numel
+        P = torch.zeros(n, n, dtype=torch.float64)
+        P[torch.arange(n), unit.perm.long()] = 1.0
+        P = P.t() if inverse else P
+        return [(P @ mats[0].reshape(-1)).view(mats[0].shape)]
     R = dense_of(unit.R)
     R = R.t() if inverse else R
     if isinstance(unit, GlobalUnit):
@@ -73,10 +79,10 @@ def reference(unit, mats, inverse=False):
     G = mats[0]
     if isinstance(unit, LayerUnit):          # vec(G) -> R vec(G) (row-major vec)
         return [(R @ G.reshape(-1)).view(G.shape)]
+    if isinstance(unit, ColUnit):            # every column x -> R x (ColUnit is a RowUnit)
+        return [R @ G]
     if isinstance(unit, RowUnit):            # every row x -> R x
         return [G @ R.t()]
-    if isinstance(unit, ColUnit):            # every column x -> R x
-        return [R @ G]
     raise AssertionError(type(unit))
 
 

@@ -13,10 +13,10 @@ from torch import nn
 from rotations.config import RotationConfig
 from rotations.layout import LayerView
 from rotations.optimizer import RotatedOptimizer
-from rotations.scopes import RotationPlan, SVDUnit
+from rotations.scopes import SCOPE_NAMES, RotationPlan, SVDUnit
 from rotations.zoo import AdamOneBeta, ClippedSGD, MuonAdamW, Signum, SignSGD
 
-SCOPES = ["none", "global", "layerwise", "outputwise", "inputwise", "svd"]
+SCOPES = list(SCOPE_NAMES)                    # the scope table: a new row is tested
 WD = 0.1
 # every zoo optimizer (and torch's coupled / decoupled ones) with weight decay > 0
 ZOO = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_modules.gpt_model import GPT, GPTConfig
-from rotations.batched import SVDBucket
+from rotations.scopes import SVDBucket
 from rotations.config import RotationConfig
 from rotations.layout import model_layout
 from rotations.memory import optimizer_bytes

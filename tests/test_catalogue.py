@@ -295,3 +295,25 @@ def test_evidence_archive_keeps_everything_but_checkpoints_and_restore_never_ove
     assert ev.main(["restore", "--runs", str(fresh), "--evidence", str(kept)]) == 0
     assert (fresh / "fig1a" / "index.json").read_text() == '{"newer": true}'   # not overwritten
     assert (fresh / "fig1a/scope=none_seed=0/events.out.tfevents.1.vm.1.0").read_bytes() == b"events"
+
+
+def test_reproduce_md_regenerates_byte_for_byte_from_the_evidence(tmp_path):
+    """Every generated block of docs/REPRODUCE.md is what ``summarize.py --write-docs`` makes
+    from the archived runs in docs/evidence/cpu (a copy: it writes reports there): no number in
+    them was edited by hand or left stale by a change of the statistics (about 20 s)."""
+    import shutil
+    import subprocess
+    import sys
+
+    evidence = ROOT / "docs" / "evidence" / "cpu"
+    if not evidence.is_dir():
+        pytest.skip("no archived evidence")
+    runs, out = tmp_path / "runs", tmp_path / "doc"
+    shutil.copytree(evidence, runs, ignore=shutil.ignore_patterns("reports"))
+    out.mkdir()
+    doc = ROOT / "docs" / "REPRODUCE.md"
+    shutil.copy(doc, out / "REPRODUCE.md")
+    subprocess.run([sys.executable, str(CPU / "summarize.py"), "--runs", str(runs), "--write-docs",
+                    "--doc", str(out / "REPRODUCE.md"), "--figures", str(out / "figures")],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert (out / "REPRODUCE.md").read_bytes() == doc.read_bytes()

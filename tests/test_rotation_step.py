@@ -172,3 +172,21 @@ def test_block_size_larger_than_every_layer_is_clamped_when_affordable():
         assert all(u.R.n <= 600 for u in plan.units if hasattr(u, "R"))
     assert isinstance(RotationPlan(views, RotationConfig(scope="svd",
                                                          block_size=10 ** 8)).units[0], SVDUnit)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd_m", "signum", "clipped_global"])
+def test_scope_none_is_the_base_optimizer_bitwise(name):
+    """``scope: none`` (no split views) hands every parameter to the base optimizer itself:
+    no shadows, the base's own foreach/fused path, and bitwise its trajectory."""
+    ps, views = _params()
+    ref = {k: nn.Parameter(p.detach().clone()) for k, p in ps.items()}
+    opt = RotatedOptimizer(list(ps.values()), ZOO[name], views, RotationConfig(scope="none"))
+    assert not opt.buckets and not opt.shadows
+    base = ZOO[name](list(ref.values()))
+    for t in range(3):
+        for k in ps:
+            ps[k].grad = _grads(20 + t)[k]
+            ref[k].grad = ps[k].grad.clone()
+        opt.step()
+        base.step()
+    assert all(torch.equal(ps[k].detach(), ref[k].detach()) for k in ps)

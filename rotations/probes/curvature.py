@@ -30,19 +30,15 @@ def rotated_gradient(model: nn.Module, loss_fn: LossFn, batch, space: RotatedSpa
 
 
 def gradient_linf_bound(model: nn.Module, loss_fn: LossFn, batches: Iterable,
-                        space: RotatedSpace, progress: bool = False,
-                        details: bool = False):
+                        space: RotatedSpace, details: bool = False):
     """Alg. 1: ``max_B ‖R g_B‖_∞`` over ``batches``.
 
     Returns the float, or with ``details=True`` a dict ``{"bound", "per_batch", "argmax"}``
-    (``argmax`` = (batch position, rotated index) of the maximum).
+    (``argmax`` = (batch position, rotated index) of the maximum). For a progress bar, wrap
+    ``batches`` (e.g. in ``tqdm``) before passing them: this package imports only torch.
     """
     per_batch, best, arg = [], -math.inf, (None, None)
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(batches, desc="gradient bound", leave=False)
-    for b, batch in enumerate(it):
+    for b, batch in enumerate(batches):
         g = rotated_gradient(model, loss_fn, batch, space)
         a = g.abs()
         j = int(torch.argmax(a))
@@ -59,7 +55,7 @@ def gradient_linf_bound(model: nn.Module, loss_fn: LossFn, batches: Iterable,
 
 def rotated_hvps(model: nn.Module, loss_fn: LossFn, batches: Iterable, space: RotatedSpace,
                  vectors: Callable[[int], Tensor] | Tensor, n: Optional[int] = None,
-                 progress: bool = False, init: Optional[Tensor] = None,
+                 init: Optional[Tensor] = None,
                  start_batch: int = 0, on_batch: Optional[Callable[[int, Tensor], None]] = None
                  ) -> Tensor:
     """``(1/k) Σ_B R ∇²f_B Rᵀ z_j`` for rotated vectors ``z_j`` (rows of ``vectors`` or
@@ -80,11 +76,7 @@ def rotated_hvps(model: nn.Module, loss_fn: LossFn, batches: Iterable, space: Ro
         get = vectors
     acc = init
     count = start_batch
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(batches, desc="hvp batches", leave=False)
-    for batch in it:
+    for batch in batches:
         with torch.enable_grad():
             loss = loss_fn(model, batch)
             g = _grads(loss, space.params, create_graph=True)
@@ -114,7 +106,7 @@ def rotated_hvps(model: nn.Module, loss_fn: LossFn, batches: Iterable, space: Ro
 
 
 def hessian_rows(model: nn.Module, loss_fn: LossFn, batches: Iterable, space: RotatedSpace,
-                 indices: Sequence[int], progress: bool = False) -> Tensor:
+                 indices: Sequence[int]) -> Tensor:
     """Rows ``r_i = (1/k) Σ_B R ∇²f_B Rᵀ e_i`` (``len(indices) x d``) of the minibatch-averaged
     Hessian in the rotated space (paper Sec. 4.2)."""
     idx = [int(i) for i in indices]
@@ -125,7 +117,7 @@ def hessian_rows(model: nn.Module, loss_fn: LossFn, batches: Iterable, space: Ro
         e[idx[j]] = 1.0
         return e
 
-    return rotated_hvps(model, loss_fn, batches, space, onehot, n=len(idx), progress=progress)
+    return rotated_hvps(model, loss_fn, batches, space, onehot, n=len(idx))
 
 
 # ------------------------------------------------------------------------------------------

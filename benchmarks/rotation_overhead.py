@@ -64,7 +64,8 @@ def groups(model):
             {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def measure(model_name: str, row: str, device: str, repeat: int, block_size: int) -> dict:
+def measure(model_name: str, row: str, device: str, repeat: int, block_size: int,
+            base: str = "fused") -> dict:
     """One row, in this process: ms/step, state bytes, memory."""
     from lightning_modules.gpt_model import GPT, GPTConfig
     from rotations.config import RotationConfig
@@ -89,7 +90,7 @@ def measure(model_name: str, row: str, device: str, repeat: int, block_size: int
         opt = adamw(groups(model), **({"fused": True} if row == "adamw-fused" else
                                       {"foreach": True}))
     else:
-        opt = RotatedOptimizer(groups(model), functools.partial(adamw, foreach=True),
+        opt = RotatedOptimizer(groups(model), functools.partial(adamw, **{base: True}),
                                model_layout(model),
                                RotationConfig(scope=row, block_size=block_size),
                                split_views=(row == "none"))
@@ -124,7 +125,8 @@ def run_child(args, model_name: str, row: str, code_dir: Path) -> dict:
                ROTATION_BENCH_STAT=args.stat)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", model_name, row,
            "--device", args.device, "--repeat", str(args.repeat),
-           "--block-size", str(args.block_size), "--threads", str(args.threads)]
+           "--block-size", str(args.block_size), "--threads", str(args.threads),
+           "--base", args.base]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code_dir))
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
@@ -186,6 +188,9 @@ def main(argv=None):
     ap.add_argument("--block-size", type=int, default=768)
     ap.add_argument("--scopes", default=",".join(SCOPES))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--base", choices=["fused", "foreach"], default="fused",
+                    help="the AdamW implementation the rotated rows wrap (the paper configs "
+                         "set fused: true)")
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="per-row statistic of the timed steps (min: on a busy machine)")
     ap.add_argument("--baseline", type=Path, default=None,
@@ -199,14 +204,14 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(measure(args.child[0], args.child[1], args.device, args.repeat,
-                                 args.block_size)))
+                                 args.block_size, args.base)))
         return
     dev = torch.device(args.device)
     name = (torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
             f"threads, load {os.getloadavg()[0]:.1f})")
     print(f"device: {name}; torch {torch.__version__}; block_size {args.block_size}; "
-          f"{args.stat} of {args.repeat} steps")
+          f"{args.stat} of {args.repeat} steps; rotated rows wrap AdamW({args.base}=True)")
     rows = ROWS[:2] + [s for s in args.scopes.split(",") if s]
     impls = [("after", REPO)] + ([("before", args.baseline.resolve())] if args.baseline else [])
     for model_name in args.models.split(","):

@@ -181,6 +181,7 @@ def test_slurm_script_requests_the_options_and_multinode_env(slurm, capsys):
     per GPU, and Lightning's SLURM environment in the trainer sees a 2-rank world."""
     write_sweep(slurm.parent / "s.yaml", sweep_dict(
         grid={"seed_everything": [0]},
+        fixed={"trainer.accumulate_grad_batches": 2},   # 2 micro-batches: 1 on each of 2 ranks
         launch={"launcher": "slurm", "partition": "gpu", "time": "2-00:00:00", "wait": True,
                 "slurm_opts": ["constraint=a100"]}))
     rc = sw.main(["s.yaml", "--nodes", "2", "--gpus-per-node", "1", "--account", "proj",
@@ -204,8 +205,10 @@ def test_slurm_script_requests_the_options_and_multinode_env(slurm, capsys):
     assert [(e["status"], e["job_id"]) for e in idx.values()] == [("finished", jid())]
     ranks = sorted(calls(out / "run"), key=lambda c: c["env"]["SLURM_PROCID"])
     assert [c["env"]["SLURM_PROCID"] for c in ranks] == ["0", "1"]
-    for c in ranks:  # the trainer is told the world that SLURM allocated
+    for c in ranks:  # the trainer is told the world that SLURM allocated, and the kept batch
         assert c["kv"]["trainer.num_nodes"] == "2" and c["kv"]["trainer.devices"] == "1"
+        assert c["kv"]["trainer.accumulate_grad_batches"] == "1"
+    assert idx["run"]["overrides"]["trainer.accumulate_grad_batches"] == 1
     assert (out / "run" / "run.log").exists() and (out / "run" / "run.rank1.log").exists()
 
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -257,11 +260,16 @@ def test_slurm_preemption_requeues_and_resumes(slurm, monkeypatch, capsys):
 
     assert sw.main(["s.yaml", "--launcher", "slurm", "--time", "60"]) == 0
     e = index(out)["run"]
-    assert e["status"] == "finished" and e["returncode"] == 0 and e["attempts"] == 1
+    # one submission, two starts: counted from the job record, wall time over both starts
+    assert e["status"] == "finished" and e["returncode"] == 0 and e["attempts"] == 2
+    assert e["starts"] == 2 and e["resumed"] is True
+    assert e["total_wall_time_s"] == pytest.approx(rec["total_wall_time_s"], abs=1e-3)
+    assert rec["total_wall_time_s"] > rec["wall_time_s"]
     assert len(slurm_calls(slurm, "sbatch")) == 1  # nothing was missing
     capsys.readouterr()
     sw.main(["s.yaml", "--status"])
-    assert re.search(r"^run\s+finished\s+rc=0", capsys.readouterr().out, re.M)
+    assert re.search(r"^run\s+finished\s+rc=0.*2 starts \(1 requeue\), attempts 2, resumed",
+                     capsys.readouterr().out, re.M)
 
 
 def test_slurm_failure_and_queued_status(slurm, monkeypatch, capsys):
@@ -287,7 +295,8 @@ def test_slurm_failure_and_queued_status(slurm, monkeypatch, capsys):
 
 
 def test_slurm_dry_run_prints_the_script(ws, capsys):
-    write_sweep(ws / "s.yaml", sweep_dict(grid={"seed_everything": [0, 1]}))
+    write_sweep(ws / "s.yaml", sweep_dict(grid={"seed_everything": [0, 1]},
+                                          fixed={"trainer.accumulate_grad_batches": 4}))
     assert sw.main(["s.yaml", "--dry-run", "--launcher", "slurm", "--time", "72:00:00",
                     "--gpus-per-node", "4", "--partition", "gpu"]) == 0
     text = capsys.readouterr().out
@@ -295,6 +304,8 @@ def test_slurm_dry_run_prints_the_script(ws, capsys):
     assert flags["time"] == "4320" and flags["gpus-per-node"] == "4"
     assert flags["ntasks-per-node"] == "4" and flags["partition"] == "gpu"
     assert "--trainer.num_nodes 1 --trainer.devices 4" in text
+    assert "--trainer.accumulate_grad_batches 1 " in text   # 4 micro-batches: 1 per GPU
+    assert "trainer.accumulate_grad_batches 4 -> 1" in text
     assert not (ws / "runs").exists()
 
 

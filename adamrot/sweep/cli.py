@@ -11,13 +11,16 @@ import threading
 import time
 from typing import Any, Sequence
 
+from adamrot.cli import ConfigError
 from adamrot.runs import DirLock, LockedError
 from adamrot.sweep.index import (EXIT_PREEMPTED, INDEX_JSON, LOCK_NAME, STATUSES, Sweep,
                                  ckpt_file, fmt_dur, latest_step, load_index, merge_index,
                                  plan_action)
 from adamrot.sweep.options import LaunchOptions, device_slots, resolve_launch
 from adamrot.sweep.pool import Terminated, Todo, run_pool
-from adamrot.sweep.spec import SweepConfigError, SweepSpec, build_command, expand_runs, load_spec
+from adamrot.sweep.spec import (RunSpec, SweepConfigError, SweepSpec, build_command, expand_runs,
+                                load_spec)
+from adamrot.sweep.world import keep_global_batch
 
 EXIT_INTERRUPTED = 130
 
@@ -66,10 +69,12 @@ def dry_run(spec: SweepSpec, sw: Sweep, opts: LaunchOptions, only_failed: bool) 
 
 def run_sweep(spec: SweepSpec, *, opts: LaunchOptions | None = None, only_failed: bool = False,
               dry: bool = False, sweep_file: str | None = None, env: dict[str, str] | None = None,
-              child_grace_s: float = 30.0) -> int:
-    """Run (or with ``dry`` describe) the sweep; return the exit code (1 if a run failed)."""
+              child_grace_s: float = 30.0, runs: list[RunSpec] | None = None) -> int:
+    """Run (or with ``dry`` describe) the sweep; return the exit code (1 if a run failed).
+    ``runs``: the run list (default: the sweep's, with the global batch kept for the launcher)."""
     opts = opts or LaunchOptions()
-    runs = expand_runs(spec)
+    if runs is None:
+        runs = keep_global_batch(spec, expand_runs(spec), opts, _say)
     prev = load_index(spec.out_dir) if os.path.isdir(spec.out_dir) else None
     if dry:
         return dry_run(spec, Sweep(spec, runs, merge_index(spec, runs, prev, sweep_file, _say),
@@ -134,17 +139,34 @@ def _detail(e: dict[str, Any]) -> str:
     if st == "running":
         step = latest_step(e["dir"])
         return ", ".join(x for x in (f"step {step}" if step is not None else "step ?", job,
-                                     f"since {e.get('started_at')}") if x)
+                                     f"since {e.get('started_at')}", _starts(e)) if x)
     if st == "queued":
         return job
+    starts = _starts(e)
     if st in ("finished", "failed", "interrupted"):
-        wall = e.get("wall_time_s")
-        parts = [f"rc={e.get('returncode')}", f"in {fmt_dur(wall)}" if wall else "", job]
+        wall = e.get("total_wall_time_s") or e.get("wall_time_s")
+        parts = [f"rc={e.get('returncode')}", f"in {fmt_dur(wall)}" if wall else "", job,
+                 starts]
         if st == "interrupted":
             parts.append("resumes on the next run" if os.path.isfile(ckpt_file(e["dir"]))
                          else "restarts on the next run")
         return ", ".join(p for p in parts if p)
     return ""
+
+
+def _starts(e: dict[str, Any]) -> str:
+    """``2 starts (1 requeue), resumed, attempts 1`` when a run was started more than once."""
+    starts = int(e.get("starts") or 0)
+    attempts = int(e.get("attempts") or 0)
+    if starts <= 1 and attempts <= 1:
+        return ""
+    parts = []
+    if starts > 1:
+        parts.append(f"{starts} starts ({starts - 1} requeue{'s' if starts > 2 else ''})")
+    parts.append(f"attempts {attempts}")
+    if e.get("resumed"):
+        parts.append("resumed")
+    return ", ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the runs whose status is 'failed'")
     p.add_argument("--status", action="store_true",
                    help="show each run's state (with the step of running ones) and exit")
+    p.add_argument("--preflight", action="store_true",
+                   help="preflight every run (batch, memory, cost, data) and the total; run "
+                        "nothing (exit 1 on an error-level finding)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="--launcher slurm: submit even when the preflight finds an error")
+    p.add_argument("--gpu", choices=("a100-40gb", "a100-80gb", "h100-80gb", "h200"),
+                   help="preflight: the GPU the runs target (memory errors, cost)")
     g = p.add_argument_group("launching (each also settable in the sweep file's `launch:`)")
     g.add_argument("--launcher", choices=("process", "local", "slurm"),
                    help="process: child processes here (default); local: submitit jobs here; "
@@ -198,15 +227,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status:
             return show_status(spec)
         opts = resolve_launch(spec.launch, vars(args))
-        if opts.launcher == "slurm" and opts.time is None:
+        if opts.launcher == "slurm" and opts.time is None and not args.preflight:
             raise SweepConfigError("time: --launcher slurm needs a time limit per job "
                                    "(--time or launch.time), e.g. 72:00:00")
+        runs = keep_global_batch(spec, expand_runs(spec), opts, _say)
+        if args.preflight or (opts.launcher == "slurm" and not args.dry_run
+                              and not args.no_preflight):
+            from adamrot.sweep.preflight import errors, sweep_preflight
+
+            found = errors(sweep_preflight(spec, runs, opts, args.gpu, _say))
+            if args.preflight:
+                return 1 if found else 0
+            if found:
+                print(f"adamrot: error: preflight of {args.config} found {len(found)} error(s), "
+                      f"first: {found[0]}; nothing was submitted (--no-preflight submits "
+                      "anyway)", file=sys.stderr)
+                return 2
         return run_sweep(spec, opts=opts, only_failed=args.only_failed, dry=args.dry_run,
-                         sweep_file=args.config)
+                         sweep_file=args.config, runs=runs)
     except SweepConfigError as e:
         print(f"adamrot: error: sweep file {args.config}: {e}", file=sys.stderr)
         return 2
     except LockedError as e:
+        print(f"adamrot: error: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:           # a run's config refused by its preflight
         print(f"adamrot: error: {e}", file=sys.stderr)
         return 2
     except Terminated:

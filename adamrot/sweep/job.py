@@ -1,6 +1,7 @@
 """What a submitit job of a sweep runs (``--launcher local|slurm``): one ``adamrot fit`` as a child
 process, resumed from the run's ``last.ckpt`` whenever one exists, with its state reported in
-``RUN_DIR/job.json``.
+``RUN_DIR/job.json`` (``starts``: how often this job started, requeues included;
+``total_wall_time_s``: its wall time over all starts).
 
 Timeouts and preemption: SLURM (or submitit's local controller) sends the job submitit's
 signal (USR2) ahead of the end. The trainer ignores it; the job forwards SIGTERM to the trainer,
@@ -51,14 +52,18 @@ class RunJob(Checkpointable):
         os.chdir(self.cwd)
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        before_s = 0.0
         ck = resume_checkpoint(run_dir) if rank == 0 else (
             ckpt_file(run_dir) if os.path.isfile(ckpt_file(run_dir)) else None)
         cmd = self.cmd + (["--ckpt_path", ck] if ck else [])
         log_path = run_dir / (LOG_NAME if rank == 0 else f"run.rank{rank}.log")
         if rank == 0:
             rec = read_job_record(run_dir) or {}
-            starts = rec.get("starts", 0) + 1 if rec.get("job_id") == job.job_id else 1
+            same = rec.get("job_id") == job.job_id
+            starts = rec.get("starts", 0) + 1 if same else 1
+            before_s = float(rec.get("total_wall_time_s") or 0) if same else 0.0
             write_job_record(run_dir, job_id=job.job_id, state="running", starts=starts,
+                             total_wall_time_s=before_s,
                              host=socket.gethostname(), started_at=now(), finished_at=None,
                              returncode=None, resumed_from=ck, command=cmd)
         sig = _preempt_signal()
@@ -76,8 +81,10 @@ class RunJob(Checkpointable):
             def on_preempt(signum, frame):  # stop the trainer (it saves), then requeue
                 _stop(proc, signal.SIGTERM)
                 if rank == 0:
+                    wall = time.monotonic() - t0
                     write_job_record(run_dir, state="requeued", returncode=proc.returncode,
-                                     finished_at=now(), wall_time_s=time.monotonic() - t0)
+                                     finished_at=now(), wall_time_s=wall,
+                                     total_wall_time_s=before_s + wall)
                 if callable(requeue):
                     requeue(signum, frame)
 
@@ -90,13 +97,16 @@ class RunJob(Checkpointable):
                 _stop(proc, signal.SIGINT)
                 rc = proc.returncode
                 if rank == 0:
+                    wall = time.monotonic() - t0
                     write_job_record(run_dir, state="interrupted", returncode=rc,
-                                     finished_at=now(), wall_time_s=time.monotonic() - t0)
+                                     finished_at=now(), wall_time_s=wall,
+                                     total_wall_time_s=before_s + wall)
                 raise
         if rank == 0:
             state = "finished" if rc == 0 else "interrupted" if rc == EXIT_PREEMPTED else "failed"
+            wall = time.monotonic() - t0
             write_job_record(run_dir, state=state, returncode=rc, finished_at=now(),
-                             wall_time_s=time.monotonic() - t0)
+                             wall_time_s=wall, total_wall_time_s=before_s + wall)
         if rc != 0:
             raise RunFailed(f"adamrot fit exited with status {rc}; log: {log_path}")
         return rc

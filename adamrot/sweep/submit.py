@@ -110,6 +110,7 @@ def refresh(sw: Sweep, handles: dict[str, submitit.Job] | None = None) -> list[s
         rec = read_job_record(e["dir"]) or {}
         if rec.get("job_id") != str(job_id):
             rec = {}
+        count_starts(e, rec)
         if state in ("queued", "unknown") and rec.get("state") != "running":
             live.append(e["name"])
         elif state in ("queued", "running", "unknown"):
@@ -121,11 +122,27 @@ def refresh(sw: Sweep, handles: dict[str, submitit.Job] | None = None) -> list[s
     return live
 
 
+def count_starts(e: dict[str, Any], rec: dict[str, Any]) -> None:
+    """Requeues from the job record: a job that started ``n`` times (SLURM requeued it after a
+    preemption or time-out) is ``n`` attempts, resumed when it started again, and its wall
+    time is the sum over its starts."""
+    starts = int(rec.get("starts") or 0)
+    if not starts:
+        return
+    e["starts"] = starts
+    e["attempts"] = int(e.get("attempts_before") or 0) + starts
+    e["resumed"] = bool(e.get("resumed")) or starts > 1 or bool(rec.get("resumed_from"))
+    if rec.get("total_wall_time_s") is not None:
+        e["total_wall_time_s"] = round(float(e.get("wall_before") or 0)
+                                       + float(rec["total_wall_time_s"]), 3)
+
+
 def _record_end(e: dict[str, Any], rec: dict[str, Any], job: submitit.Job) -> None:
     log = os.path.join(e["dir"], LOG_NAME)
     state = rec.get("state")
     if state in ("finished", "failed", "interrupted"):
         end_attempt(e, rec.get("returncode"), rec.get("wall_time_s"), log, status=state)
+        count_starts(e, rec)             # end_attempt added only the last start's wall time
     elif state in ("running", "requeued"):  # the job ended without a word: killed
         end_attempt(e, rec.get("returncode"), None, log, status="interrupted")
     else:  # never started the trainer: the job's own log says why
@@ -156,6 +173,8 @@ def submit_one(sw: Sweep, ex: submitit.Executor, opts: LaunchOptions, t: Todo,
                             opts.launcher == "local"):
         job = ex.submit(RunJob(cmd, str(run_dir), job_env))
     e = sw.entries[run.name]
+    e.update(attempts_before=int(e.get("attempts") or 0), starts=0,
+             wall_before=float(e.get("total_wall_time_s") or 0))
     start_attempt(e, cmd, t.action == "resume", "queued")
     e.update(launcher=opts.launcher, job_id=str(job.job_id), submitted_at=now(),
              job_log=str(job.paths.stdout))

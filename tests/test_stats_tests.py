@@ -69,6 +69,10 @@ def test_paired_slowdown_is_the_mean_of_per_seed_values_with_a_t_interval():
     assert sd.target == pytest.approx(1.9) and sd.steps_base == pytest.approx(1000.0)
     # equivalent per seed: r0b ends at 1.5 and r1b at -0.2, both below their baselines
     assert sd.beyond == 2 and sd.eq_text == "beyond baseline"
+    # a baseline seed at its L* from step 0 on: that seed's slowdown is n/a, not "never"
+    flat = (steps, np.full(steps.size, 2.0))
+    sd = stats.compute_slowdown([flat, (steps, b1)], [(steps, r0b), (steps, r1b)], paired=True)
+    assert sd.never == 0 and math.isnan(sd.per_seed[0][0]) and sd.text == "n/a"
     # unpaired (different seeds): the bootstrap over the seed-mean curves is used instead
     assert stats.compute_slowdown(base, [(steps, r0b), (steps, r1b)]).method == "bootstrap"
 

@@ -457,7 +457,8 @@ def _paired(sd: Slowdown, base: Sequence[Curve], lab: Sequence[Curve], k: int, m
     for (bs, bv), (rs, rv) in zip(base, lab):
         p = _reach(np.asarray(bs), trailing_mean(bv, k), np.asarray(rs), trailing_mean(rv, k),
                    mode)
-        per.append((math.inf if p.slowdown is None else p.slowdown,
+        per.append((math.inf if p.steps is None else
+                    (math.nan if p.slowdown is None else p.slowdown),
                     math.nan if p.equivalent is None else p.equivalent))
     sd.method, sd.n, sd.per_seed = "paired t", len(per), per
     sd.never = sum(1 for x, _ in per if x == math.inf)

@@ -29,6 +29,9 @@ class PreflightCLI(AdamrotCLI):
     def _parse_ckpt_path(self) -> None:         # preflight never resumes
         return
 
+    def _set_seed(self) -> None:                 # no weights are drawn on the meta device
+        return
+
     def instantiate_classes(self) -> None:
         cfg = self.config.clone()
         cfg["data"] = None                       # instantiated by build() when it is safe

@@ -160,8 +160,12 @@ def table(r: dict) -> str:
         row("rotation per step", f"{_big(c['rotation_flops_per_step'])} FLOPs, "
             f"{fmt_bytes(c['rotation_bytes_per_step'])} moved, ~{c['rotation_s'] * 1e3:.0f} ms")
     row("MFU", f"{c['mfu']:.0%} ({c['mfu_source']})")
-    row("step time", f"{c['step_s']:.2f} s" if c["step_s"] else "?")
-    row("GPU-hours", f"{c['gpu_hours']:,.0f}" if c["gpu_hours"] else "?")
+    step = c["step_s"]
+    row("step time", "?" if step is None else f"{step:.2f} s" if step >= 0.1
+        else f"{step * 1e3:.3g} ms")
+    hours = c["gpu_hours"]
+    row("GPU-hours", "?" if hours is None else f"{hours:,.0f}" if hours >= 10
+        else f"{hours:.3g}")
     lines.append("data")
     if d.get("note"):
         row("read here", d["note"])

@@ -83,31 +83,38 @@ def split_heldout(texts: Sequence[str], val_fraction: float, min_bytes: int,
                   label: str = "corpus") -> np.ndarray:
     """Boolean mask of the held-out documents of an in-memory corpus.
 
-    Documents are held out in increasing :func:`holdout_score` order, skipping any that would
+    Distinct texts are held out in increasing :func:`holdout_score` order (all copies of a
+    text together, so duplicates never straddle the split), skipping any whose copies would
     take the held-out bytes above twice the target
     ``max(val_fraction * bytes, min(min_bytes, bytes / 4))``,
     until the target is reached; if skipping cannot reach it, the shortest score-order prefix
-    that does. At least one document stays on each side.
+    that does. At least one distinct text stays on each side.
     """
     n = len(texts)
-    if n < 2:
-        raise DataError(f"{label}: holds {n} non-empty document(s); a document-level validation "
-                        "split needs at least 2")
+    scores = np.array([holdout_score(t) for t in texts])
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(t, []).append(i)
+    if len(groups) < 2:
+        raise DataError(f"{label}: holds {n} non-empty document(s), {len(groups)} distinct; "
+                        "a document-level validation split needs at least 2 distinct")
+    members = sorted(groups.values(), key=lambda g: (scores[g[0]], texts[g[0]]))
     sizes = np.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], dtype=np.int64)
-    order = np.argsort([holdout_score(t) for t in texts], kind="stable")
+    group_bytes = np.array([int(sizes[g].sum()) for g in members], dtype=np.int64)
     target = max(val_fraction * float(sizes.sum()), min(min_bytes, sizes.sum() / 4))
     chosen, held = [], 0
-    for j in order:
-        if held + sizes[j] <= 2 * target:
+    for j, b in enumerate(group_bytes):
+        if held + b <= 2 * target:
             chosen.append(j)
-            held += sizes[j]
+            held += b
             if held >= target:
                 break
     else:
-        chosen = order[:int(np.searchsorted(np.cumsum(sizes[order]), target)) + 1]
-    chosen = list(chosen)[:n - 1]
+        chosen = list(range(int(np.searchsorted(np.cumsum(group_bytes), target)) + 1))
+    chosen = chosen[:len(members) - 1]
     mask = np.zeros(n, dtype=bool)
-    mask[chosen] = True
+    for j in chosen:
+        mask[members[j]] = True
     return mask
 
 

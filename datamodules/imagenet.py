@@ -38,10 +38,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from datamodules.image_sources import (IMG_EXTENSIONS, as_list, check_folder_tree,  # noqa: F401
+                                       expand_files, parquet_num_classes)
+
 SOURCES = ("embedded", "folder", "parquet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_IMAGE_SIZE = {"embedded": 16, "folder": 224, "parquet": 224}
 
 __all__ = ["ImageNetDataModule", "decode_image", "digits_split", "SOURCES"]
@@ -89,117 +91,16 @@ def digits_split(image_size: int = 16, val_fraction: float = 0.2, split_seed: in
     return (x_tr - mean) / std, y_tr, (x_va - mean) / std, y_va
 
 
-# -----------------------------------------------------------------------------------------
-# folder
-# -----------------------------------------------------------------------------------------
-def _class_folders(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-
-
-def _has_image(path: Path) -> bool:
-    for dirpath, _, files in os.walk(path, followlinks=True):
-        if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
-            return True
-    return False
-
-
-def check_folder_tree(root: str, train_split: str, val_split: str) -> list[str]:
-    """Validate an ImageFolder tree (cheaply: the first image per split); return the class
-    names of the training split. Errors name the offending path."""
-    r = Path(root)
-    if not r.is_dir():
-        raise FileNotFoundError(f"data.root: directory {str(r)!r} does not exist")
-    classes: list[str] = []
-    for split in (train_split, val_split):
-        d = r / split
-        if not d.is_dir():
-            raise FileNotFoundError(f"data.root: split directory {str(d)!r} does not exist "
-                                    f"(expected {str(r)}/{{{train_split},{val_split}}}/<class>/<image>)")
-        found = _class_folders(d)
-        if not found:
-            raise ValueError(f"data.root: {str(d)!r} has no class folders (expected "
-                             f"{str(d)}/<class>/<image>)")
-        if split == train_split:
-            classes = found
-        else:
-            extra = sorted(set(found) - set(classes))
-            if extra:
-                raise ValueError(f"data.root: {str(d)!r} has class folders that the training "
-                                 f"split lacks: {', '.join(extra[:10])}")
-        if not _has_image(d):
-            raise ValueError(f"data.root: split {str(d)!r} contains no images (extensions: "
-                             f"{', '.join(IMG_EXTENSIONS)})")
-    return classes
-
-
-# -----------------------------------------------------------------------------------------
-# parquet
-# -----------------------------------------------------------------------------------------
-def _as_list(files) -> list[str]:
-    if files is None:
-        return []
-    return [files] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
-
-
-def expand_files(patterns: list[str], field: str) -> list[str]:
-    """Expand globs (local or fsspec URLs such as ``hf://``); error naming the field and
-    pattern when nothing matches."""
-    from fsspec.core import url_to_fs
-
-    out = []
-    for pat in patterns:
-        pat = str(pat)
-        fs, path = url_to_fs(pat)
-        if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path))
-        else:
-            found = [path] if fs.isfile(path) else []
-        if not found:
-            raise FileNotFoundError(f"data.{field}: no file matches {pat!r}")
-        out.extend(fs.unstrip_protocol(f) if "://" in pat else f for f in found)
-    return out
-
-
-def parquet_num_classes(files: list[str], label_column: str) -> Optional[int]:
-    """Number of classes from the ``ClassLabel`` in the first file's ``huggingface`` schema
-    metadata, else ``max(label) + 1`` over local files; ``None`` if neither works."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    with fsspec.open(files[0], "rb") as fh:
-        schema = pq.read_schema(fh)
-    if label_column not in schema.names:
-        raise ValueError(f"data.label_column: {label_column!r} is not a column of "
-                         f"{files[0]!r} (columns: {', '.join(schema.names)})")
-    meta = (schema.metadata or {}).get(b"huggingface")
-    if meta:
-        feat = json.loads(meta).get("info", {}).get("features", {}).get(label_column, {})
-        if feat.get("_type") == "ClassLabel":
-            if feat.get("names"):
-                return len(feat["names"])
-            if feat.get("num_classes"):
-                return int(feat["num_classes"])
-    if all("://" not in f or f.startswith("file://") for f in files):
-        top = -1
-        for f in files:
-            col = pq.read_table(f, columns=[label_column]).column(label_column)
-            if len(col):
-                import pyarrow.compute as pc
-                top = max(top, int(pc.max(col).as_py()))
-        return top + 1 if top >= 0 else None
-    return None
-
-
 class DecodeTransform:
     """litdata ``transform`` (runs in the DataLoader workers): a prepared item
-    ``{"image": bytes, "label": int, "name": str}`` -> ``(tensor, label)``."""
+    ``{"image": uint8 bytes, "label": int, "name": uint8 UTF-8 bytes}`` -> ``(tensor, label)``."""
 
     def __init__(self, transform):
         self.transform = transform
 
     def __call__(self, item: dict):
-        return (self.transform(decode_image(item["image"].tobytes(), item["name"])),
-                int(item["label"]))
+        name = bytes(item["name"]).decode("utf-8", "surrogateescape")
+        return self.transform(decode_image(item["image"].tobytes(), name)), int(item["label"])
 
 
 # -----------------------------------------------------------------------------------------
@@ -281,6 +182,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.cache_dir, self.prepared, self.seed = cache_dir, prepared, seed
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
+        self.manifest: Optional[dict] = None
 
         if prepared is not None:
             from datamodules.prepare import read_manifest
@@ -308,8 +210,8 @@ class ImageNetDataModule(L.LightningDataModule):
             if not train_files or not val_files:
                 raise ValueError("data.train_files and data.val_files are required when "
                                  "data.source is 'parquet'")
-            self.train_files = expand_files(_as_list(train_files), "train_files")
-            self.val_files = expand_files(_as_list(val_files), "val_files")
+            self.train_files = expand_files(as_list(train_files), "train_files")
+            self.val_files = expand_files(as_list(val_files), "val_files")
             self.channels = 3
             n = num_classes or parquet_num_classes(self.train_files, label_column)
             if n is None:
@@ -333,6 +235,20 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.val_set is not None:
             info["val_samples"] = len(self.val_set)
         return info
+
+    def identity(self) -> dict:
+        """What a run's numbers depend on in the data (``callbacks.checkpoint_io.RunState``
+        writes it to the run's ``data.json`` and compares it on resume): the prepared key and
+        the fingerprints of the training and validation streams; for the embedded digits, the
+        split's arguments."""
+        if self.source == "embedded" and self.prepared is None:
+            return {"source": "embedded", "image_size": self.image_size,
+                    "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+        from datamodules.chunks import stream_fingerprint
+        self.setup()
+        return {"prepared_key": self.manifest.get("key"), "corpus": self.manifest.get("corpus"),
+                "train_stream": stream_fingerprint(self.manifest, "train"),
+                "val_stream": stream_fingerprint(self.manifest, "val")}
 
     # -- transforms ---------------------------------------------------------------------------
     def train_transform(self):
@@ -377,10 +293,17 @@ class ImageNetDataModule(L.LightningDataModule):
             self.train_set, self.val_set = TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
         else:
             from litdata import StreamingDataset
+
+            from datamodules.chunks import verify_chunks
+            from datamodules.prepare import read_manifest
+            from datamodules.streaming import full_shuffle_only
             self.prepare_data()
-            self.train_set = StreamingDataset(f"{self.prepared}/train", shuffle=True,
-                                              seed=self.seed, drop_last=True,
-                                              transform=DecodeTransform(self.train_transform()))
+            self.manifest = read_manifest(self.prepared, "images")
+            verify_chunks(self.prepared, self.manifest)      # before training writes anything
+            self.train_set = full_shuffle_only(StreamingDataset(
+                f"{self.prepared}/train", shuffle=True, seed=self.seed, drop_last=True,
+                item_shuffle_window="full",
+                transform=DecodeTransform(self.train_transform())), self.prepared)
             self.val_set = StreamingDataset(f"{self.prepared}/val",
                                             transform=DecodeTransform(self.val_transform()))
         if len(self.train_set) < self.batch_size:

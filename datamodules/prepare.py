@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -24,9 +25,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from datamodules import corpus as C
+from datamodules.chunks import chunk_checksums, merge_indexes, writer_rank
 from datamodules.tokenizers import build_tokenizer
 
-FORMATS = {"text": "adamrot-prepared-text-v1", "images": "adamrot-prepared-images-v1"}
+FORMATS = {"text": "adamrot-prepared-text-v1", "images": "adamrot-prepared-images-v2"}
 MANIFEST = "adamrot_prepared.json"
 CHUNK_TOKENS = 1 << 23          # tokens per litdata chunk (windows are shuffled within one)
 MIN_VAL_BYTES = 16 * 1024       # in-memory corpora hold out at least this (<= 1/4 of them)
@@ -109,9 +111,11 @@ def _write_part(job: dict) -> dict:
 
     def writer(split: str) -> BinaryWriter:     # made on first use: no empty index files
         if split not in writers:
-            writers[split] = BinaryWriter(os.path.join(job["out"], split),
-                                          chunk_size=CHUNK_TOKENS, item_loader=TokensLoader())
-            writers[split]._rank = job["part"]  # chunk-<part>-<i>.bin, <part>.index.json
+            with writer_rank(job["part"]):      # chunk-<part>-<i>.bin, <part>.index.json
+                writers[split] = BinaryWriter(os.path.join(job["out"], split),
+                                              chunk_size=CHUNK_TOKENS,
+                                              item_loader=TokensLoader())
+                writers[split].rank             # read (and kept) while the rank is set
         return writers[split]
     if "texts" in job:                          # in-memory corpus: split decided up front
         texts, heldout = job["texts"], iter(job["heldout"])
@@ -156,9 +160,10 @@ def _write_val(out: str, docs: list[tuple[float, np.ndarray]]) -> str:
 
     docs = sorted(docs, key=lambda d: (d[0], d[1].tobytes()))
     digest = hashlib.sha256()
-    writer = BinaryWriter(os.path.join(out, "val"), chunk_size=CHUNK_TOKENS,
-                          item_loader=TokensLoader())
-    writer._rank = 0
+    with writer_rank(0):
+        writer = BinaryWriter(os.path.join(out, "val"), chunk_size=CHUNK_TOKENS,
+                              item_loader=TokensLoader())
+        writer.rank
     for i, (_, tokens) in enumerate(docs):
         digest.update(tokens.astype(np.uint32).tobytes())
         writer.add_item(i, torch.from_numpy(tokens))
@@ -257,8 +262,12 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
         except PreparedError:
             manifest = None                     # absent or unfinished: (re)do it
         if manifest is not None and manifest.get("key") == key:
-            return out, manifest
-        if manifest is not None:
+            if isinstance(manifest.get("chunks"), dict):
+                return out, manifest
+            warnings.warn(f"{out}: prepared by an older adamrot (no chunk checksums); "
+                          "preparing it again", stacklevel=2)
+            (local / MANIFEST).unlink(missing_ok=True)
+        elif manifest is not None:
             raise PreparedError(f"{out}: holds another prepared {kind} dataset "
                                 f"({manifest.get('corpus')}); choose another output "
                                 "directory or delete it")
@@ -266,7 +275,8 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
         if log:
             log(f"preparing into {out}")
         manifest = {"format": FORMATS[kind], "kind": kind, "key": key, **build(local)}
-        _merge_indexes(local)
+        merge_indexes(local)
+        manifest["chunks"] = chunk_checksums(local)   # verified before training
         tmp = local / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.replace(tmp, local / MANIFEST)
@@ -319,6 +329,7 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
             n = 1 if corpus.max_bytes is not None else workers  # a byte cap is on the stream
             jobs = [{**base, "part": w, "parts": n, "corpus": asdict(corpus)} for w in range(n)]
         stats = run_parts(_write_part, jobs, progress, "tok")
+        cut = {"workers": len(jobs), "chunk_tokens": CHUNK_TOKENS}
         val = [doc for s in stats for doc in s.pop("val")]
         totals = {k: sum(s[k] for s in stats) for k in stats[0]}
         if totals["val_tokens"] == 0 or totals["train_tokens"] == 0:
@@ -329,16 +340,9 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
         return {"corpus": corpus.label, "source": corpus.source, "tokenizer": tok.name,
                 "vocab_size": tok.vocab_size, "eot_token": tok.eot_token,
                 "val_fraction": val_fraction, "corpus_hash": content, "split": split,
-                "val_sha256": _write_val(str(local), val), **totals}
+                "val_sha256": _write_val(str(local), val), "cut": cut, **totals}
 
     return prepare_once("text", material, build, out, cache_dir, log)
-
-
-def _merge_indexes(local: Path) -> None:
-    """The workers' ``<part>.index.json`` files -> one ``index.json`` per split."""
-    from litdata.streaming.writer import BinaryWriter
-    for split in ("train", "val"):
-        BinaryWriter(str(local / split), chunk_size=1)._merge_no_wait()
 
 
 def _clear_unfinished(directory: Path) -> None:

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import hashlib
 import math
+import os
 import signal
 import weakref
 from typing import Literal
@@ -25,7 +26,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules.chunks import stream_fingerprint, verify_chunks
 from datamodules.prepare import TextCorpus, prepare_text, read_manifest
+from datamodules.streaming import EpochWindows, ShiftedTokensLoader, full_shuffle_only
 from datamodules.tokenizers import build_tokenizer
 
 
@@ -131,7 +134,8 @@ class TextDataModule(L.LightningDataModule):
         val_fraction: share of the corpus held out (whole documents) when preparing.
         val_max_tokens: cap on validation tokens (None: all held-out windows).
         max_bytes: prepare only the first ``max_bytes`` bytes of text of the corpus.
-        seed: seed of the window shuffle (a fresh order each epoch).
+        seed: seed of the window shuffle and of the per-epoch window offset; default
+            (``None``): the run's seed (``seed_everything``, ``PL_GLOBAL_SEED``), else 0.
     """
 
     def __init__(self, source: Literal["embedded", "local", "hub"] = "embedded",
@@ -142,7 +146,7 @@ class TextDataModule(L.LightningDataModule):
                  cache_dir: str | None = None, block_size: int = 256, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0,
                  val_fraction: float = 0.01, val_max_tokens: int | None = 1_000_000,
-                 max_bytes: int | None = None, seed: int = 0):
+                 max_bytes: int | None = None, seed: int | None = None):
         super().__init__()
         for name, value in (("hub_dataset", hub_dataset), ("hub_split", hub_split),
                             ("text_column", text_column)):
@@ -153,7 +157,7 @@ class TextDataModule(L.LightningDataModule):
         _check_int("val_batch_size", val_batch_size, 1, optional=True)
         _check_int("num_workers", num_workers, 0)
         _check_int("max_bytes", max_bytes, 1, optional=True)
-        _check_int("seed", seed, 0)
+        _check_int("seed", seed, 0, optional=True)
         _check_int("val_max_tokens", val_max_tokens, 1, optional=True)
         if val_max_tokens is not None and val_max_tokens < block_size + 1:
             raise ValueError(f"val_max_tokens must be at least block_size + 1 = {block_size + 1} "
@@ -183,6 +187,14 @@ class TextDataModule(L.LightningDataModule):
         self.val_windows: torch.Tensor | None = None    # (N, block_size + 1), all ranks
         self._loader: TrainLoader | None = None
         self._train_batches = 0
+        self._verified = False
+
+    @property
+    def seed(self) -> int:
+        """The shuffle seed: ``seed`` if given, else the run's (``PL_GLOBAL_SEED``), else 0."""
+        if self.hparams.seed is not None:
+            return self.hparams.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     # -- preparation -------------------------------------------------------------------
 
@@ -204,6 +216,9 @@ class TextDataModule(L.LightningDataModule):
         if self.val_windows is not None:
             return
         self.prepare_data()
+        if not self._verified:                           # before training writes anything
+            verify_chunks(self.path, self.manifest)
+            self._verified = True
         window = self.block_size + 1
         val = StreamingDataset(f"{self.path}/val", item_loader=TokensLoader(window))
         n = read_index_windows(self.path, "val", window)
@@ -223,17 +238,17 @@ class TextDataModule(L.LightningDataModule):
         digest = hashlib.sha256(self.val_windows.numpy().tobytes()).hexdigest()[:16]
         return {"prepared_key": self.manifest.get("key"), "corpus": self.manifest["corpus"],
                 "tokenizer": self.manifest["tokenizer"], "val_windows": len(self.val_windows),
-                "val_digest": digest}
+                "val_digest": digest, "train_stream": stream_fingerprint(self.manifest)}
 
     # -- loaders -----------------------------------------------------------------------
 
     def train_dataloader(self) -> TrainLoader:
         """This rank's shuffled training windows (litdata shards across ranks x workers)."""
         self.setup()
-        dataset = StreamingDataset(f"{self.path}/train",
-                                   item_loader=TokensLoader(self.block_size + 1), shuffle=True,
-                                   seed=self.hparams.seed, drop_last=True,
-                                   item_shuffle_window="full")   # not blocks of 256 windows
+        dataset = full_shuffle_only(EpochWindows(
+            f"{self.path}/train", item_loader=ShiftedTokensLoader(self.block_size + 1),
+            shuffle=True, seed=self.seed, drop_last=True,
+            item_shuffle_window="full"), self.path)           # not blocks of 256 windows
         workers = self.hparams.num_workers
         self._loader = TrainLoader(dataset, batch_size=self.batch_size, num_workers=workers,
                                    collate_fn=collate_windows,
@@ -275,7 +290,7 @@ class TextDataModule(L.LightningDataModule):
         return {"train_batches": self._train_batches,
                 "layout": {"world_size": world_size, "num_workers": hp.num_workers,
                            "batch_size": self.batch_size, "block_size": self.block_size,
-                           "seed": hp.seed}}
+                           "seed": self.seed}}
 
     def load_state_dict(self, state: dict) -> None:
         self._train_batches = int(state.get("train_batches", 0))

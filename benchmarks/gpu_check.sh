@@ -8,14 +8,26 @@
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
 #   bash benchmarks/gpu_check.sh --toy      # CPU, toy size (what the tests run)
 # Extra arguments go to benchmarks/train_throughput.py (e.g. --steps 3).
+#
+# The table is also written as JSON for `adamrot preflight` (its MFU per attention kernel and
+# each scope's slowdown replace the assumed ones): runs/gpu_check.json, or $GPU_CHECK_JSON.
+# The --toy run writes nothing unless GPU_CHECK_JSON is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
 if [ "${1:-}" = "--toy" ]; then
     shift
-    exec "$PY" -m benchmarks.train_throughput --model tiny --device cpu --batch 2 --accum 2 \
-        --steps 1 --block-size 32 "$@"
+    "$PY" -m benchmarks.train_throughput --model tiny --device cpu --batch 2 --accum 2 \
+        --steps 1 --block-size 32 "$@" | tee "$LOG"
+    OUT=${GPU_CHECK_JSON:-}
+else
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    "$PY" -m benchmarks.train_throughput --model 124m --device cuda --batch 12 --accum 40 \
+        --steps 2 --compile --block-size 768 "$@" | tee "$LOG"
+    OUT=${GPU_CHECK_JSON:-runs/gpu_check.json}
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec "$PY" -m benchmarks.train_throughput --model 124m --device cuda --batch 12 --accum 40 \
-    --steps 2 --compile --block-size 768 "$@"
+if [ -n "$OUT" ]; then
+    "$PY" -m adamrot.preflight.cost "$LOG" "$OUT"
+fi

@@ -96,7 +96,7 @@ def parse_gpu_check(text: str) -> dict:
     vs_adamw, peak_gb}]}``."""
     device = None
     rows = []
-    num = r"([-+0-9.]+%?|-)"
+    num = r"([-+0-9.]+%?|-|n/a)"
     row = re.compile(rf"^(math|flash)\s+(\w+)\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}\s+{num}"
                      rf"\s+{num}\s*$")
     for line in text.splitlines():
@@ -108,7 +108,7 @@ def parse_gpu_check(text: str) -> dict:
             continue
 
         def val(s: str) -> Optional[float]:
-            if s == "-":
+            if s in ("-", "n/a"):
                 return None
             return float(s[:-1]) / 100 if s.endswith("%") else float(s)
 

@@ -31,8 +31,10 @@ def rotation_work(views, config) -> dict:
     """Extra FLOPs and bytes per optimizer step of the rotation, per scope: a rotation of
     dimension ``d`` in blocks ``n`` (``k`` copies and a residual ``p``) applied to ``m``
     vectors costs ``m·(2·k·n² + 2·p²)`` FLOPs one way, twice per step (rotate the gradient,
-    unrotate the update); an SVD view ``2·out·in·(out + in)`` one way, and a refresh every
-    ``svd_refresh_every`` steps ``4·M·r² + 8·r³`` (``M = max``, ``r = min`` of the sides)."""
+    unrotate the update); an SVD view ``2·m²·k`` one way per dense basis of side ``m`` (``k``
+    the other side) or ``4·m·k·r`` for ``r`` Householder reflectors (a side longer than
+    ``svd_dense_max``), and a refresh every ``svd_refresh_every`` steps ``4·M·r² + 8·r³``
+    (``M = max``, ``r = min`` of the sides)."""
     from rotations.sampling import block_structure
 
     by_scope: dict[str, dict] = {}
@@ -49,7 +51,9 @@ def rotation_work(views, config) -> dict:
         if s == "svd":
             if min(out, inp) > 1:
                 M, r = max(out, inp), min(out, inp)
-                w["flops"] += 2 * 2 * out * inp * (out + inp)
+                for m, k in ((out, inp), (inp, out)):     # each basis applied to G, both ways
+                    dense = m <= config.svd_dense_max or m == r
+                    w["flops"] += 2 * (2 * m * m * k if dense else 4 * m * k * r)
                 w["flops"] += (4 * M * r * r + 8 * r ** 3) / max(1, config.svd_refresh_every)
             w["bytes"] += ROTATION_BYTES_PER_ELEMENT * out * inp
             w["elements"] += out * inp

@@ -4,8 +4,9 @@
 
 Heavy modules (torch, Lightning) are imported only once a subcommand runs, so ``adamrot
 --help`` is instant. Exit status: 0 done, 2 refused input (one ``adamrot: error:`` line, and
-nothing written), 3 non-finite values stopped training, 4 a DDP rank lost its launcher, 143
-stopped by SIGTERM after saving (run the same command to resume). See docs/RUNS.md.
+nothing written), 3 non-finite values stopped training, 4 a DDP rank lost its launcher, 130
+stopped by Ctrl-C (the last saved checkpoint is intact), 143 stopped by SIGTERM after saving
+(run the same command to resume). See docs/RUNS.md.
 """
 from __future__ import annotations
 
@@ -69,8 +70,9 @@ def usage() -> str:
         missing = importlib.util.find_spec(SUBTOOLS[name]) is None
         lines.append(f"  {name:<9} {text}" + ("  (not installed)" if missing else ""))
     lines += ["", "exit status: 0 done, 2 refused input (nothing written), 3 non-finite values "
-              "stopped training,", "4 a DDP rank lost its launcher, 143 stopped by SIGTERM after "
-              "saving (run the same command to resume).",
+              "stopped training,", "4 a DDP rank lost its launcher, 130 stopped by Ctrl-C (the last "
+              "saved checkpoint is intact),", "143 stopped by SIGTERM after saving (run the same "
+              "command to resume).",
               "Runs, resuming and checkpoints: docs/RUNS.md"]
     return "\n".join(lines)
 

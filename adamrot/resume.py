@@ -4,6 +4,7 @@ same way; the keys that may change are listed below (docs/RUNS.md, "Resuming")."
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from adamrot.cli import ConfigError
-from callbacks.checkpoint_io import RUN_STATE_KEY, load_checkpoint, newest_checkpoint
+from callbacks.checkpoint_io import RUN_STATE_KEY, load_checkpoint, scan_checkpoints
 
 #: keys (``init_args`` left out) that may change on resume and are applied from the next step
 APPLIED = ("optimizer.lr", "decay_steps", "warmup_steps", "warmup_epochs", "min_lr_ratio")
@@ -36,6 +37,8 @@ class Resume:
     changes: list = field(default_factory=list)     # (key, checkpoint value, config value)
     lr_ratio: Optional[float] = None                 # new peak lr / the checkpoint's
     data_changes: list = field(default_factory=list)
+    #: ``data.json`` keys whose value changed, accepted with ``--accept_changes``
+    identity_changes: dict = field(default_factory=dict)
 
 
 def display(key: str) -> str:
@@ -72,6 +75,20 @@ def _hparams_view(section: Any) -> dict:
     if "rotation" in flat:
         flat["rotation"] = _norm_rotation(flat["rotation"])
     return flat
+
+
+def _resolve_rotation_seeds(theirs: dict, their_seed: Any, mine: dict, my_seed: Any) -> None:
+    """``rotation.seed: null`` is the run's seed (as the module resolves it, and as
+    ``hyper_parameters`` record it): resolved on a side that says null when the other side
+    names a seed. Both null: equal here (a change of the run's seed is compared as
+    ``seed_everything``)."""
+    rt, rm = theirs.get("rotation"), mine.get("rotation")
+    if not (isinstance(rt, dict) and isinstance(rm, dict)):
+        return
+    if rt.get("seed", 0) is None and rm.get("seed") is not None and isinstance(their_seed, int):
+        theirs["rotation"] = {**rt, "seed": their_seed}
+    if rm.get("seed", 0) is None and rt.get("seed") is not None and isinstance(my_seed, int):
+        mine["rotation"] = {**rm, "seed": my_seed}
 
 
 def _same(a, b) -> bool:
@@ -114,11 +131,28 @@ def _peak_lrs(ckpt: dict) -> Optional[float]:
 TRAINER_PLACE = ("default_root_dir", "logger")
 
 
+#: what the opt-in ``--accept_changes true`` lets a resume change (recorded in resumes.jsonl)
+OPT_IN = "the data settings or the data the run streams (data.json)"
+
+
+def _opt_in_refusal(path: str, found_by: str, what: list) -> ConfigError:
+    lines = "\n".join(f"  {k}: checkpoint {a!r}, config {b!r}" for k, a, b in what)
+    return ConfigError(
+        f"checkpoint {path} ({found_by}): resuming with other data is not the "
+        f"continuation of the run:\n{lines}\nResume with the run's settings, start a new run "
+        "in another --trainer.default_root_dir, or pass --accept_changes true to continue "
+        "anyway (recorded with its step in resumes.jsonl)")
+
+
 def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict,
-            trainer: Optional[dict] = None) -> Resume:
-    """Check ``ckpt`` against the config's ``model``/``data`` sections (plain dicts): refuse
-    (:class:`ConfigError`, both values named) any difference outside :data:`APPLIED` /
-    :data:`RUNTIME`; data differences are reported as a warning by the caller."""
+            trainer: Optional[dict] = None, seed: Any = _MISSING, started_seed: Any = _MISSING,
+            accept: bool = False) -> Resume:
+    """Check ``ckpt`` against the config's ``model``/``data``/``trainer`` sections and
+    ``seed`` (``seed_everything``; the checkpoint's record, else ``started_seed`` from the
+    run's ``config.yaml``). Refused (:class:`ConfigError`, both values named): any model
+    difference outside :data:`APPLIED` / :data:`RUNTIME`; another seed; a data difference
+    unless ``accept`` (then recorded); any change of a finished run (its step reached the config's
+    ``trainer.max_steps``: nothing would train, only its record would change)."""
     record = (ckpt.get(RUN_STATE_KEY) or {}).get("config") or {}
     if record.get("model"):
         theirs_m, mine_m = _hparams_view(record["model"]), _hparams_view(model)
@@ -126,6 +160,8 @@ def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict,
         theirs_m, mine_m = _hparams_view(ckpt.get("hyper_parameters") or {}), _hparams_view(model)
         if not ckpt.get("hyper_parameters"):
             theirs_m = {}
+    theirs_s = record.get("seed_everything", started_seed)
+    _resolve_rotation_seeds(theirs_m, theirs_s, mine_m, seed)
     diffs = diff(theirs_m, mine_m, "model")
     # the optimizer's peak lr: the checkpoint's schedule knows it even without the record
     new_lr = ((mine_m.get("optimizer") or {}).get("init_args") or {}).get("lr")
@@ -140,41 +176,113 @@ def compare(path: str, found_by: str, ckpt: dict, model: dict, data: dict,
             f"checkpoint {path} ({found_by}) does not match this run's config:\n{lines}\n"
             "Resume with the checkpoint's settings, or start a new run in another "
             "--trainer.default_root_dir (docs/RUNS.md lists what may change on resume).")
-    out = Resume(path=path, step=int(ckpt.get("global_step", 0)), found_by=found_by,
+    step = int(ckpt.get("global_step", 0))
+    out = Resume(path=path, step=step, found_by=found_by,
                  checkpoint=ckpt, changes=[d for d in diffs if _kind(d[0]) != "runtime"])
     if any(k == "model.optimizer.lr" for k, _, _ in out.changes):
         out.lr_ratio = float(new_lr) / old_lr
     theirs_d = record.get("data") if record.get("data") else ckpt.get("datamodule_hyper_parameters")
     out.data_changes = diff(_hparams_view(theirs_d or {}), _hparams_view(data), "data") \
         if theirs_d else []
+    if seed is not _MISSING and theirs_s is not _MISSING and not _same(theirs_s, seed):
+        raise ConfigError(
+            f"checkpoint {path} ({found_by}) was trained with another seed:\n"
+            f"  seed_everything: checkpoint {theirs_s!r}, config {seed!r}\n"
+            "A run keeps its seed (it fixes the initialisation, the data order, the per-step "
+            "random state and, with rotation.seed null, the rotation): resume with "
+            f"--seed_everything {theirs_s!r}, or start a run with the new seed in another "
+            "--trainer.default_root_dir")
+    opt_in = list(out.data_changes)
+    if opt_in and not accept:
+        raise _opt_in_refusal(path, found_by, opt_in)
+    max_steps = (trainer or {}).get("max_steps")
     theirs_t = {k: v for k, v in (record.get("trainer") or {}).items() if k not in TRAINER_PLACE}
     mine_t = {k: v for k, v in (trainer or {}).items() if k not in TRAINER_PLACE}
-    out.changes += diff(theirs_t, mine_t, "trainer")          # allowed; logged and recorded
+    trainer_changes = diff(theirs_t, mine_t, "trainer")
+    if isinstance(max_steps, int) and 0 < max_steps <= step and (out.changes or opt_in):
+        what = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in out.changes + opt_in)
+        raise ConfigError(
+            f"checkpoint {path} ({found_by}) is at step {step}: the run is finished "
+            f"(trainer.max_steps {max_steps}) and nothing would train, yet this config "
+            f"changes {what}. A finished run keeps its record: start a new run in another "
+            "--trainer.default_root_dir (or raise trainer.max_steps to continue it)")
+    out.changes += trainer_changes                       # allowed; logged and recorded
     return out
 
 
 def locate(ckpt_arg: Optional[str], mode: str, ckpt_dir: Path) -> Optional[tuple[str, str]]:
     """``(path, how it was found)`` of the checkpoint to resume from, or None to start
     fresh. ``last`` and ``--resume auto`` take the newest checkpoint of the run by recorded
-    step; ``--resume never`` refuses a directory that already holds a run."""
+    step; ``--resume from-intact`` the newest one that loads and passes its checksum;
+    ``--resume never`` refuses a directory that already holds a run. A checkpoint file that
+    cannot be read is never taken for "no checkpoint": ``auto``, ``last`` and ``never``
+    refuse it, naming the newest intact checkpoint."""
     if ckpt_arg and str(ckpt_arg) != "last":
         return str(ckpt_arg), f"--ckpt_path {ckpt_arg}"
-    newest = newest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    readable, damaged = scan_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else ([], [])
+    if mode == "never" and ckpt_arg != "last" and (readable or damaged):
+        what = "; ".join(
+            ([f"newest checkpoint {readable[0][0].name}, step {readable[0][1]}"] if readable
+             else []) + [f"damaged checkpoint {p}" for p, _ in damaged])
+        raise ConfigError(
+            f"--resume never: {ckpt_dir.parent} already holds a run ({what}); start over in "
+            "another --trainer.default_root_dir, or remove that directory")
+    if mode == "from-intact" and ckpt_arg != "last":
+        for p, step in readable:
+            if _intact(p):
+                skipped = [q.name for q, _ in damaged] + [q.name for q, s in readable
+                                                         if (s, q) != (step, p) and s >= step]
+                return str(p), (f"--resume from-intact: newest intact in {ckpt_dir}, step {step}"
+                                + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+        raise ConfigError(f"--resume from-intact: no intact checkpoint in {ckpt_dir}"
+                          + (f" (damaged: {', '.join(q.name for q, _ in damaged)})"
+                             if damaged else ""))
+    if damaged:
+        raise ConfigError(damaged_message(damaged, readable, ckpt_dir))
+    newest = readable[0] if readable else None
     if ckpt_arg == "last":
         if newest is None:
             raise ConfigError(f"--ckpt_path last: no checkpoint in {ckpt_dir}")
         return str(newest[0]), f"--ckpt_path last: newest in {ckpt_dir}, step {newest[1]}"
-    if mode == "never":
-        if newest is not None:
-            raise ConfigError(
-                f"--resume never: {ckpt_dir.parent} already holds a run (newest checkpoint "
-                f"{newest[0].name}, step {newest[1]}); start over in another "
-                "--trainer.default_root_dir, or remove that directory")
-        return None
     if newest is None:
         return None
     return str(newest[0]), (f"found by --resume auto: newest in {ckpt_dir}, step {newest[1]}; "
                             "--resume never starts a new run elsewhere")
+
+
+def _intact(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+        return True
+    except Exception:  # noqa: BLE001 - corrupt, torn: not intact
+        return False
+
+
+def newest_intact(ckpt_dir: Path, skip: tuple = ()) -> Optional[tuple[Path, int]]:
+    """The newest checkpoint of ``ckpt_dir`` that loads and passes its checksum."""
+    readable, _ = scan_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else ([], [])
+    for p, step in readable:
+        if str(p) not in map(str, skip) and _intact(p):
+            return p, step
+    return None
+
+
+def damaged_message(damaged: list, readable: list, ckpt_dir: Path, skip: tuple = ()) -> str:
+    """Why a run with unreadable (or corrupt) checkpoints is not resumed, and how to go on."""
+    names = "; ".join(f"{p} ({why})" for p, why in damaged)
+    intact = None
+    for p, step in readable:
+        if str(p) not in map(str, skip) and _intact(p):
+            intact = (p, step)
+            break
+    head = (f"checkpoint {names} cannot be read (torn or damaged); the run is not restarted "
+            "and nothing was written. ")
+    if intact is None:
+        return head + ("No intact checkpoint is left to continue from: start a new run in "
+                       "another --trainer.default_root_dir")
+    return head + (f"The newest intact checkpoint is {intact[0]} (step {intact[1]}): continue "
+                   f"from it with --resume from-intact (or --ckpt_path {intact[0]}), or start a "
+                   "new run in another --trainer.default_root_dir")
 
 
 def load(path: str, found_by: str) -> dict:
@@ -239,9 +347,39 @@ class ResumeRecord(Callback):
             rank_zero_info(f"adamrot: resume at step {trainer.global_step}: {k} {a!r} -> {b!r} "
                            "(applied from this step on)")
         if trainer.is_global_zero:
+            changes = {k: [a, b] for k, a, b in r.changes + r.data_changes}
             line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": trainer.global_step,
-                    "checkpoint": r.path, "found_by": r.found_by,
-                    "changes": {k: [a, b] for k, a, b in r.changes}}
-            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(self.run_dir) / "resumes.jsonl", "a") as f:
-                f.write(json.dumps(line, default=str) + "\n")
+                    "checkpoint": r.path, "found_by": r.found_by, "changes": changes}
+            if r.identity_changes:
+                line["data_identity"] = r.identity_changes
+            append_line(Path(self.run_dir) / RESUMES, line)
+
+
+#: the run's append-only record of resumes (one JSON object a line)
+RESUMES = "resumes.jsonl"
+
+
+def append_line(path: Path, record: dict) -> None:
+    """Append one JSON line (flushed and fsync'd)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The records of a ``resumes.jsonl`` (a torn last line is skipped)."""
+    out = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -18,22 +16,24 @@ import yaml
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from adamrot import resume as rs
 from adamrot.checks import check_optimizer
-from adamrot.cli import EXIT_CONFIG_ERROR, EXIT_NONFINITE, ConfigError, rank_label, refuse
+from adamrot.cli import EXIT_NONFINITE, ConfigError, rank_label, refuse
+from adamrot.parse_errors import AdamrotParser, summarize_parse_error
+from adamrot.rundir import RunConfig, confine, inside, remove_new, snapshot
 from adamrot.runs import DirLock, LockedError
-from callbacks.checkpoint_io import AtomicCheckpointIO, RunState
+from callbacks.checkpoint_io import AtomicCheckpointIO, RunState, scan_checkpoints
 from callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from callbacks.preemption import EXIT_PREEMPTED, PreemptionCheckpoint
 from callbacks.rank_check import RankAgreementCheck
 from callbacks.step_seed import StepSeed
 
-RESUME_MODES = ("auto", "never")
+RESUME_MODES = ("auto", "never", "from-intact")
 DEFAULT_ROOT = "runs/default"
 LOCK_NAME = ".run.lock"
 #: errors raised by checks inside Lightning's setup (data content, rotation sizes, a corrupt
@@ -42,90 +42,13 @@ SETUP_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryErro
                 NotADirectoryError)
 #: write failures of the run directory (read-only, full): exit 2 whenever they happen
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def summarize_parse_error(message: str) -> str:
-    """The innermost reason of a jsonargparse error, prefixed with its dotted key."""
-    keys: list[tuple[int, str]] = []
-    best: Optional[tuple[int, str, str]] = None
-    for raw in message.splitlines():
-        indent = len(raw) - len(raw.lstrip())
-        line = raw.strip().lstrip("- ").strip()
-        keys = [(i, k) for i, k in keys if i < indent]
-        m = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
-        if m:
-            keys.append((indent, m.group(1)))
-            line = m.group(2)
-        if not line or line.startswith(("Does not validate", "Subtypes:", "Errors:",
-                                        "Given value", "Problem with given class_path",
-                                        "Expected a <class 'NoneType'>")):
-            continue
-        path = ".".join(k for _, k in keys)
-        if best is None or len(keys) > best[0]:
-            best = (len(keys), path, line)
-    if best is None:
-        return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
-    return f"{best[1]}: {best[2]}" if best[1] else best[2]
-
-
-class AdamrotParser(LightningArgumentParser):
-    """Config errors: the reason first, in one ``adamrot: error:`` line (no usage dump)."""
-
-    def error(self, message: str, ex: Optional[Exception] = None):
-        if not self.exit_on_error:
-            return super().error(message, ex)
-        sub = getattr(ex, "subcommand_parser", None) or self
-        prog = sub.prog.replace(" [options]", "")
-        sys.stderr.write(f"adamrot: error: {summarize_parse_error(message)}\n"
-                         f"  (all options: {prog} --help)\n")
-        raise SystemExit(EXIT_CONFIG_ERROR)
-
-
-class RunConfig(SaveConfigCallback):
-    """``fit`` saves the resolved config to ``DIR/config.yaml`` without ``ckpt_path`` (which
-    checkpoint a run resumed from is in ``DIR/resumes.jsonl``), so the file is a template for
-    new runs; ``validate``/``test`` save nothing in the run."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
-            return
-        config = self.config.clone()
-        config["ckpt_path"] = None
-        self.config = config
-        super().setup(trainer, pl_module, stage)
-
-
-def _inside(path: Any, root: Path) -> bool:
-    try:
-        Path(os.path.abspath(str(path))).relative_to(os.path.abspath(root))
-        return True
-    except ValueError:
-        return False
+#: exit status of ``fit`` stopped by Ctrl-C (128 + SIGINT): the last saved checkpoint is intact
+EXIT_INTERRUPTED = 130
 
 
 def _launcher() -> bool:
     """Whether this process owns the run directory (not a DDP rank > 0)."""
     return rank_label() is None
-
-
-def _snapshot(root: Path) -> Optional[set[str]]:
-    if not root.exists():
-        return None
-    return {str(p) for p in root.rglob("*")}
-
-
-def _remove_new(root: Path, before: Optional[set[str]]) -> None:
-    """Remove what this command created under ``root`` (it failed before its first step)."""
-    if before is None:
-        shutil.rmtree(root, ignore_errors=True)
-        return
-    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if str(p) in before:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
 
 
 class AdamrotCLI(LightningCLI):
@@ -139,6 +62,7 @@ class AdamrotCLI(LightningCLI):
             if not isinstance(argv, dict) else []
         self._resume: Optional[rs.Resume] = None
         self._run_state: Optional[RunState] = None
+        self._finished = False
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser):
@@ -147,7 +71,7 @@ class AdamrotCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,
             "checkpoint.every_n_train_steps": 1000,
-            "checkpoint.filename": "step{step}",
+            "checkpoint.filename": "{step}",                # step=N.ckpt
             "checkpoint.enable_version_counter": False,   # last.ckpt is always last.ckpt
         })
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -157,7 +81,17 @@ class AdamrotCLI(LightningCLI):
         parser.add_argument(
             "--resume", type=str, choices=RESUME_MODES, default="auto",
             help="fit without --ckpt_path: 'auto' continues from the run's newest checkpoint "
-                 "if there is one; 'never' refuses a directory that already holds a run")
+                 "if there is one (refused when a checkpoint file is damaged); 'from-intact' "
+                 "from the newest one that loads and passes its checksum; 'never' refuses a "
+                 "directory that already holds a run")
+        parser.add_argument(
+            "--accept_changes", type=bool, default=False,
+            help="fit: let a resume change the data settings or the data the run streams "
+                 "(data.json); each change is recorded with its step in resumes.jsonl")
+        parser.add_argument(
+            "--break_lock", type=bool, default=False,
+            help="fit: take over DIR/.run.lock although it was taken on another host (only "
+                 "when that process is certainly gone)")
 
     # -- where the run lives -------------------------------------------------------------------
     def _sub(self):
@@ -198,23 +132,58 @@ class AdamrotCLI(LightningCLI):
         root = self.run_dir()
         on_command_line = any(a == "--ckpt_path" or a.startswith("--ckpt_path=")
                               for a in self._argv)
-        if ckpt and ckpt != "last" and not on_command_line and not _inside(ckpt, root):
+        if ckpt and ckpt != "last" and not on_command_line and not inside(ckpt, root):
             raise ConfigError(
                 f"ckpt_path {ckpt} comes from a config file and is not in this run's directory "
                 f"{root}: a saved config is a template, not a resume. To start from that "
                 "checkpoint, pass --ckpt_path on the command line")
-        found = rs.locate(ckpt, cfg.get("resume", "auto"), root / "checkpoints")
+        ckpt_dir = self.checkpoint_dir()
+        mode = cfg.get("resume", "auto")
+        found = rs.locate(ckpt, mode, ckpt_dir)
         if found is None:
             return
         path, how = found
+        try:
+            checkpoint = rs.load(path, how)
+        except ConfigError as e:
+            if not ckpt or ckpt == "last":          # found here: name the way on, if any
+                readable, _ = scan_checkpoints(ckpt_dir)
+                raise ConfigError(rs.damaged_message([(Path(path), str(e))], readable,
+                                                     ckpt_dir, skip=(path,))) from e
+            raise
         dump = self._dump()
-        self._resume = rs.compare(path, how, rs.load(path, how), dump.get("model") or {},
-                                  dump.get("data") or {}, dump.get("trainer") or {})
+        self._resume = rs.compare(path, how, checkpoint, dump.get("model") or {},
+                                  dump.get("data") or {}, dump.get("trainer") or {},
+                                  seed=dump.get("seed_everything"),
+                                  started_seed=self._started_seed(),
+                                  accept=bool(cfg.get("accept_changes")))
         rank_zero_info(f"adamrot: resuming from {path} at step {self._resume.step} ({how})")
+        max_steps = (dump.get("trainer") or {}).get("max_steps")
+        self._finished = isinstance(max_steps, int) and 0 < max_steps <= self._resume.step
         if self._resume.data_changes:
             what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in self._resume.data_changes)
-            rank_zero_warn(f"resuming from {path} with other data settings ({what}): the data "
-                           "stream is not the continuation of the checkpointed run")
+            rank_zero_warn(f"resuming from {path} with other data settings ({what}), accepted "
+                           "by --accept_changes: the data stream is not the continuation of the "
+                           "checkpointed run (recorded in resumes.jsonl)")
+
+    def checkpoint_dir(self) -> Path:
+        """Where this run's checkpoints are: ``checkpoint.dirpath`` when it lies in the run
+        directory, else ``DIR/checkpoints``."""
+        _, cfg = self._sub()
+        root = self.run_dir()
+        ck = cfg.get("checkpoint") or {}
+        dirpath = ck.get("dirpath") if hasattr(ck, "get") else None
+        return Path(dirpath) if dirpath and inside(dirpath, root) else root / "checkpoints"
+
+    def _started_seed(self) -> Any:
+        """``seed_everything`` of the run's ``config.yaml`` (the seed it was started with)."""
+        try:
+            saved = yaml.safe_load((self.run_dir() / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return rs._MISSING
+        if isinstance(saved, dict) and "seed_everything" in saved:
+            return saved["seed_everything"]
+        return rs._MISSING
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -234,15 +203,19 @@ class AdamrotCLI(LightningCLI):
         for lg in loggers if isinstance(loggers, list) else [loggers]:
             args = lg.get("init_args") if hasattr(lg, "get") else None
             if args is not None and args.get("save_dir") is not None \
-                    and not _inside(args["save_dir"], out):
+                    and not inside(args["save_dir"], out):
                 rank_zero_warn(f"trainer.logger save_dir {args['save_dir']} is not in this "
                                f"run's directory: writing to {out} instead")
                 args["save_dir"] = str(out)
         ck = cfg.get("checkpoint")
-        if ck is not None and ck.get("dirpath") and not _inside(ck["dirpath"], root):
+        if ck is not None and ck.get("dirpath") and not inside(ck["dirpath"], root):
             rank_zero_warn(f"checkpoint.dirpath {ck['dirpath']} is not in this run's directory: "
                            f"writing checkpoints to {root / 'checkpoints'} instead")
             ck["dirpath"] = None
+        name = ck.get("filename") if ck is not None else None
+        if name and (os.path.isabs(str(name)) or ".." in Path(str(name)).parts):
+            raise ConfigError(f"checkpoint.filename {name!r} leaves the checkpoint directory "
+                              f"of {root}: give a file name (e.g. '{{step}}')")
 
     def instantiate_classes(self) -> None:
         try:
@@ -268,13 +241,17 @@ class AdamrotCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         dump = self._dump()
-        self._run_state = RunState({k: dump.get(k) for k in ("model", "data", "trainer")},
+        self._run_state = RunState({k: dump.get(k) for k in ("model", "data", "trainer",
+                                                             "seed_everything")},
                                    run_dir=str(self.run_dir()) if sub == "fit" else None)
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         extra.append(self._run_state)
         if sub == "fit" and self._resume is not None:
             extra.append(rs.ResumeRecord(self._resume, str(self.run_dir())))
-        return self._instantiate_trainer(config, extra)
+        trainer = self._instantiate_trainer(config, extra)
+        confine(trainer, self.output_dir(),
+                self.checkpoint_dir() if self._sub()[0] == "fit" else None)
+        return trainer
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand != "fit":
@@ -285,9 +262,20 @@ class AdamrotCLI(LightningCLI):
             name = None
         try:
             check_optimizer(self.model, name)
+            self._check_rotation_cost()
             identity = getattr(self.datamodule, "identity", None)
             if callable(identity) and (self.run_dir() / RunState.DATA_FILE).is_file():
-                RunState.check_data(str(self.run_dir()), identity())
+                accepted = [r["data_identity"] for r in
+                            rs.read_lines(self.run_dir() / rs.RESUMES)
+                            if isinstance(r.get("data_identity"), dict)]
+                _, cfg = self._sub()
+                changed = RunState.check_data(str(self.run_dir()), identity(), accepted,
+                                              accept=bool(cfg.get("accept_changes")))
+                if changed and self._resume is not None:
+                    self._resume.identity_changes = changed
+                    rank_zero_warn(f"{self.run_dir() / RunState.DATA_FILE}: the run continues on "
+                                   f"other data ({', '.join(changed)}), accepted by "
+                                   "--accept_changes (recorded in resumes.jsonl)")
             if self._resume is not None:
                 self._check_checkpoint_shapes()
                 build = getattr(self.model, "build_optimizer", None)
@@ -297,6 +285,17 @@ class AdamrotCLI(LightningCLI):
             raise ConfigError(str(e)) from e
         if self._resume is not None:
             self._resume.checkpoint = {}          # release the memory map
+
+    def _check_rotation_cost(self) -> None:
+        """Refuse a rotation whose blocks would take too long or too much memory to sample
+        (:func:`rotations.memory.check_sampling`), before anything is sampled."""
+        rotation = getattr(self.model, "rotation", None)
+        views = getattr(self.model, "rotation_views", None)
+        if rotation is None or not getattr(rotation, "active", False) or not callable(views):
+            return
+        from rotations.memory import check_sampling
+        from rotations.scopes import rotated_dims
+        check_sampling(rotated_dims(views(), rotation), rotation.block_size)
 
     def _check_checkpoint_shapes(self) -> None:
         theirs = self._resume.checkpoint.get("state_dict") or {}
@@ -317,12 +316,22 @@ class AdamrotCLI(LightningCLI):
     # -- running -------------------------------------------------------------------------------
     def _run_subcommand(self, subcommand: str) -> None:
         out = self.output_dir()
-        before = _snapshot(out)
-        lock = DirLock(out, LOCK_NAME, what="adamrot fit") \
+        if subcommand == "fit" and self._finished and _launcher():
+            sys.stderr.write(f"adamrot: {out} is finished (its newest checkpoint is at step "
+                             f"{self._resume.step}, trainer.max_steps): nothing to do; raise "
+                             "--trainer.max_steps to continue it\n")
+            return
+        before = snapshot(out)
+        _, cfg = self._sub()
+        lock = DirLock(out, LOCK_NAME, what="adamrot fit",
+                       break_lock=bool(cfg.get("break_lock"))) \
             if subcommand == "fit" and _launcher() else None
         try:
             if lock is not None:
                 lock.acquire()
+                if lock.broken is not None:
+                    rank_zero_warn(f"--break_lock: took over {lock.path} from pid "
+                                   f"{lock.broken.get('pid')} on {lock.broken.get('host')}")
         except LockedError as e:
             raise ConfigError(str(e)) from e
         except OSError as e:
@@ -345,7 +354,7 @@ class AdamrotCLI(LightningCLI):
             if lock is not None:
                 lock.release()
             if failed_before_training and _launcher():
-                _remove_new(out, before)
+                remove_new(out, before)
 
 
 def run(args: list[str]) -> int:
@@ -362,7 +371,20 @@ def run(args: list[str]) -> int:
         sys.stderr.write("adamrot: stopped by SIGTERM; run the same command to resume from "
                          "last.ckpt\n")
         return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        return _interrupted()
+    except SystemExit as e:
+        # Lightning ends a fit interrupted by Ctrl-C with sys.exit(1) inside its handler
+        if e.code == 1 and isinstance(e.__context__, KeyboardInterrupt):
+            return _interrupted()
+        raise
     except NonFiniteError as e:
         sys.stderr.write(f"adamrot: error: {e}\n")
         return EXIT_NONFINITE
     return 0
+
+
+def _interrupted() -> int:
+    sys.stderr.write("adamrot: interrupted (Ctrl-C); the last saved checkpoint is intact: run "
+                     "the same command to resume from it\n")
+    return EXIT_INTERRUPTED

@@ -3,6 +3,7 @@ finding a run's newest checkpoint by its recorded step, and the run counters a c
 carries (tokens seen, the config it was trained with). See docs/RUNS.md."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from callbacks.files import atomic_write, atomic_write_with
 
 __all__ = ["AtomicCheckpointIO", "CheckpointCorrupt", "RunState", "digest", "seal", "verify",
-           "load_checkpoint", "checkpoint_step", "newest_checkpoint", "last_checkpoint_path",
+           "load_checkpoint", "checkpoint_step", "newest_checkpoint", "scan_checkpoints", "last_checkpoint_path",
            "CHECKSUM_KEY", "RUN_STATE_KEY"]
 
 #: key of the checksum inside a saved checkpoint dict
@@ -66,10 +67,34 @@ def seal(checkpoint: dict) -> dict:
     return {**body, CHECKSUM_KEY: {"sha256": digest(body)}}
 
 
+def _adamrot_keys(checkpoint: dict) -> list:
+    """Top-level keys adamrot writes, or one damaged byte away from them: a checkpoint with
+    any of them was written since checksums exist (the run-state record came with them)."""
+    out = []
+    for k in checkpoint:
+        name = k if isinstance(k, str) else repr(k)
+        if name.startswith("adamrot") or any(
+                difflib.SequenceMatcher(None, name, mine).ratio() >= 0.8
+                for mine in (CHECKSUM_KEY, RUN_STATE_KEY)):
+            out.append(k)
+    return out
+
+
 def verify(checkpoint: Any, path: Any) -> Any:
     """Check and remove the checksum; raise :class:`CheckpointCorrupt` naming ``path`` when
-    the content differs. Checkpoints written before checksums existed pass unchecked."""
-    if not isinstance(checkpoint, dict) or CHECKSUM_KEY not in checkpoint:
+    the content differs, or when the checksum is missing from a checkpoint written by adamrot
+    since checksums exist (it carries the run-state record :data:`RUN_STATE_KEY`, or a key
+    one damaged byte away from either). Only checkpoints without any adamrot key (written
+    before checksums, or by plain Lightning) load unchecked."""
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    if CHECKSUM_KEY not in checkpoint:
+        marks = _adamrot_keys(checkpoint)
+        if marks:
+            raise CheckpointCorrupt(
+                f"checkpoint {path} is corrupt: it has no {CHECKSUM_KEY!r} but was written by "
+                f"adamrot with one (keys {', '.join(map(repr, marks))}); it was not loaded. "
+                "Resume from another checkpoint (--ckpt_path) or start a new run.")
         return checkpoint
     record = checkpoint.pop(CHECKSUM_KEY)
     want = record.get("sha256") if isinstance(record, dict) else None
@@ -96,25 +121,46 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = True) -> dict:
 def checkpoint_step(path: str | os.PathLike) -> Optional[int]:
     """The ``global_step`` a checkpoint records (not verified: cheap), or None if unreadable."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["global_step"])
+        return _read_step(path)
     except Exception:  # noqa: BLE001 - a torn or foreign file has no step
         return None
 
 
-def newest_checkpoint(directory: str | os.PathLike) -> Optional[tuple[Path, int]]:
-    """The checkpoint of ``directory`` with the highest recorded ``global_step`` (ties: the
-    most recently written), as ``(path, step)``; None when there is none. File names do not
-    matter (``last.ckpt``, ``last-v1.ckpt``, ``step=…``)."""
-    best = None
-    for p in Path(directory).glob("*.ckpt"):
-        step = checkpoint_step(p)
-        if step is None:
+def _read_step(path) -> int:
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file (0 bytes)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
+        raise ValueError("no global_step: not a Lightning checkpoint")
+    return int(ckpt["global_step"])
+
+
+def scan_checkpoints(directory: str | os.PathLike
+                     ) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
+    """Every ``*.ckpt`` of ``directory``: ``(readable, damaged)`` where ``readable`` is
+    ``[(path, step)]``, newest first (highest recorded ``global_step``, ties: most recently
+    written), and ``damaged`` is ``[(path, reason)]`` for files that cannot be read (torn,
+    empty, not a checkpoint). Cheap: nothing is verified."""
+    readable, damaged = [], []
+    for p in sorted(Path(directory).glob("*.ckpt")):
+        try:
+            step = _read_step(p)
+        except Exception as e:  # noqa: BLE001 - torn, empty or foreign
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            damaged.append((p, f"{type(e).__name__}: {reason[:160]}"))
             continue
-        key = (step, p.stat().st_mtime_ns)
-        if best is None or key > best[0]:
-            best = (key, p)
-    return (best[1], best[0][0]) if best else None
+        readable.append(((step, p.stat().st_mtime_ns), p))
+    readable.sort(key=lambda x: x[0], reverse=True)
+    return [(p, key[0]) for key, p in readable], damaged
+
+
+def newest_checkpoint(directory: str | os.PathLike) -> Optional[tuple[Path, int]]:
+    """The readable checkpoint of ``directory`` with the highest recorded ``global_step``
+    (ties: the most recently written), as ``(path, step)``; None when there is none. File
+    names do not matter (``last.ckpt``, ``last-v1.ckpt``, ``step=…``). Damaged files are
+    skipped here: :func:`scan_checkpoints` lists them."""
+    readable, _ = scan_checkpoints(directory)
+    return readable[0] if readable else None
 
 
 def last_checkpoint_path(trainer) -> str:
@@ -177,19 +223,28 @@ class RunState(Callback):
         self._start: Optional[int] = None
 
     @classmethod
-    def check_data(cls, run_dir: str, identity: dict) -> Path:
-        """Raise ``ValueError`` naming ``run_dir/data.json`` when it records other data than
-        ``identity``; returns its path (absent for a new run)."""
+    def check_data(cls, run_dir: str, identity: dict, accepted: list = (),
+                   accept: bool = False) -> dict:
+        """Compare ``identity`` with ``run_dir/data.json`` updated by the changes accepted
+        since (``accepted``: ``{key: [old, new]}`` dicts, oldest first). Returns the
+        differences ``{key: [recorded, now]}``; raises ``ValueError`` naming the file when
+        there are some and not ``accept``. Nothing to compare for a new run."""
         path = Path(run_dir) / cls.DATA_FILE
-        if path.is_file():
-            theirs = json.loads(path.read_text())
-            changed = [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in identity.items()
-                       if k in theirs and theirs[k] != v]
-            if changed:
-                raise ValueError(f"{path}: this run was trained on other data ("
-                                 + "; ".join(changed) + "); its validation numbers would not "
-                                 "compare. Start a new run directory, or restore the data")
-        return path
+        if not path.is_file():
+            return {}
+        theirs = json.loads(path.read_text())
+        for change in accepted:
+            theirs.update({k: v[1] for k, v in change.items()})
+        changed = {k: [theirs.get(k), v] for k, v in identity.items()
+                   if k in theirs and theirs[k] != v}
+        if changed and not accept:
+            raise ValueError(
+                f"{path}: this run was trained on other data ("
+                + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                + "); its numbers would not continue or compare. Start a new run directory, "
+                "restore the data, or pass --accept_changes true to continue anyway (recorded "
+                "in resumes.jsonl)")
+        return changed
 
     def on_fit_start(self, trainer, pl_module) -> None:
         identity = getattr(trainer.datamodule, "identity", None)

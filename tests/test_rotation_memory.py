@@ -122,3 +122,23 @@ def test_gpt2_124m_global_rotation_state_is_4_bytes_per_param():
     assert per_param <= 4.02, per_param
     assert got["shadow"] == 4 * n
     assert math.isclose(n, 124.4e6, rel_tol=0.01)
+
+
+def test_sampling_rule_counts_time_and_memory():
+    from rotations.memory import (MAX_SAMPLE_SECONDS, SAMPLE_FLOPS_PER_S, check_sampling,
+                                  sampling_cost)
+    # one global unit of d = 50_000 in blocks of 20_000: two copies share one 20k block,
+    # plus a 10k residual
+    cost = sampling_cost([("global", 50_000)], 20_000)
+    flops = 8 / 3 * (20_000 ** 3 + 10_000 ** 3)
+    assert cost["flops"] == pytest.approx(flops)
+    assert cost["seconds"] == pytest.approx(flops / SAMPLE_FLOPS_PER_S)
+    assert cost["bytes"] == 8 * (20_000 ** 2 + 10_000 ** 2) + 2 * 8 * 20_000 ** 2
+    with pytest.raises(ValueError, match=r"rotation.block_size=20000: .* about 1200 s .*"
+                                         r"at most 120 s"):
+        check_sampling([("global", 50_000)], 20_000)
+    # the paper's 768 on GPT-2 124M layerwise (48 matrices of 768 x 3072) is allowed
+    ok = check_sampling([(f"layer:{i}", 768 * 3072) for i in range(48)], 768)
+    assert ok["seconds"] < MAX_SAMPLE_SECONDS
+    with pytest.raises(ValueError, match=r"needs 0.6 GiB .* this machine has 0.0 GiB"):
+        check_sampling([("global", 5_000)], 5_000, memory_bytes=1 << 20)

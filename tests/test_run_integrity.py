@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -156,16 +157,28 @@ def test_2_resume_never_does_not_mix_two_histories(run, capsys):
 
 def test_2_resume_on_another_validation_set_is_refused(run, capsys):
     """A run records its data (``data.json``: prepared key, digest of the validation windows);
-    resuming it on a different validation set (here: another ``val_max_tokens``; in the wild:
-    a cache rebuilt by another version) is refused before anything is written."""
+    resuming it on a different validation set (another ``val_max_tokens``; or, as here, a
+    cache rebuilt by another version) is refused before anything is written, unless the
+    user accepts it (``--accept_changes``, recorded in ``resumes.jsonl``)."""
     recorded = yaml.safe_load((run / "data.json").read_text())
     assert recorded["val_windows"] == 1024 // 33 and len(recorded["val_digest"]) == 16
     before = files(run)
     err = refused(capsys, "fit", *TINY, "--data.init_args.val_max_tokens", "512",
                   "--trainer.max_steps", "6", "--trainer.default_root_dir", str(run))
-    assert f"{run / 'data.json'}: this run was trained on other data" in err
-    assert "val_windows: 31 -> 15" in err
+    assert "data.val_max_tokens: checkpoint 1024, config 512" in err
     assert files(run) == before
+    (run / "data.json").write_text(json.dumps({**recorded, "val_digest": "0" * 16}))
+    before = files(run)
+    err = refused(capsys, "fit", *TINY, "--trainer.max_steps", "6",
+                  "--trainer.default_root_dir", str(run))
+    assert f"{run / 'data.json'}: this run was trained on other data" in err
+    assert f"val_digest: {'0' * 16!r} -> {recorded['val_digest']!r}" in err
+    assert "--accept_changes" in err
+    assert files(run) == before
+    assert fit(run, "--trainer.max_steps", "6", "--accept_changes", "true") == 0
+    line = json.loads((run / "resumes.jsonl").read_text().splitlines()[-1])
+    assert line["data_identity"] == {"val_digest": ["0" * 16, recorded["val_digest"]]}
+    assert fit(run, "--trainer.max_steps", "7") == 0          # accepted once, for good
 
 
 # ---- 3. validate never modifies the training run -------------------------------------------
@@ -189,8 +202,8 @@ def test_4_new_lr_is_applied_from_the_next_step_and_recorded(run):
     for s in (4, 5):
         assert lr[s] == pytest.approx(1e-3 * warmup_cosine(s, 2, 8, 0.1), rel=1e-6), (s, lr[s])
     assert lr[3] == pytest.approx(3e-3 * warmup_cosine(3, 2, 8, 0.1), rel=1e-6)
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 1e-3
+    saved = yaml.safe_load((run / "config.yaml").read_text())    # the run as it was started
+    assert saved["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 3e-3
     change = yaml.safe_load((run / "resumes.jsonl").read_text().splitlines()[-1])
     assert change["step"] == 4 and change["changes"] == {"model.optimizer.lr": [0.003, 0.001],
                                                          "trainer.max_steps": [4, 6]}

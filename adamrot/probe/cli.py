@@ -1,6 +1,6 @@
-"""Command line of ``adamrot probe``: arguments, exit statuses (0 done, 2 bad input with one
-``adamrot: error:`` line, 1 a write failed (e.g. full disk), 130 interrupted; partial results
-are kept in the last two cases)."""
+"""Command line of ``adamrot probe``: arguments, exit statuses (0 done; 2 bad input or a
+write that failed (full disk, permissions), with one ``adamrot: error:`` line; 130
+interrupted; partial results are kept after a failed write or an interruption)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .loading import ProbeError
 from .run import run_probe
 from .summary import print_summary
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
 
 def _count(minimum: int):
@@ -81,8 +81,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"adamrot: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:          # e.g. a full disk: the units saved so far are kept
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"adamrot: error: {where}{e.strerror or e}; rerun to resume", file=sys.stderr)
-        return EXIT_FAILED
+        where = f"cannot write {e.filename}: " if e.filename else ""
+        print(f"adamrot: error: {where}{e.strerror or e}; the results saved so far are kept: "
+              "rerun to resume", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print_summary(res)
     return 0

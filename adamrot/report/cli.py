@@ -32,7 +32,10 @@ def definition_text(s: Summary) -> str:
             f"L*; slowdown = steps_label / steps_baseline - 1. Equivalent slowdown = T / "
             f"(first step at which the baseline reached the label's final value) - 1. "
             f"Brackets: 95% percentile bootstrap over the seeds of both labels. "
-            f"† = the run stopped before trainer.max_steps (value mid-curve).")
+            f"† on a value = the run stopped before trainer.max_steps (value mid-curve); "
+            f"† in a label = hyper-parameters changed mid-run (the change and its step follow; "
+            f"the label is the run's starting config). Copies of one run (same run id in "
+            f"run.json) are counted once.")
 
 
 def write_report(runs: Sequence[RunData], out_dir: str | Path, *,

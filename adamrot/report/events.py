@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -35,6 +35,9 @@ class RunData:
     status: str | None = None
     has_config: bool = True
     data: dict[str, Any] | None = None      # the run's data.json (prepared key, val digest)
+    run_id: str | None = None               # run.json's id (copies of a run share it)
+    #: hyper-parameter changes applied mid-run (resumes.jsonl): ``[(step, key, old, new)]``
+    changes: list[tuple[int, str, Any, Any]] = field(default_factory=list)
 
     def curve(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
         for t in (tag, tag + "_step", tag + "_epoch"):
@@ -218,18 +221,88 @@ def read_config(event_dir: Path, run_root: Path | None = None) -> dict[str, Any]
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunData]:
     """Every run under ``paths``. A run without ``config.yaml`` keeps an empty config
     (``has_config=False``); the labelling decides what to do with it."""
-    runs = []
+    runs, where = [], []
     for ev, root, status in expand_inputs(paths):
         cfg = read_config(ev, root)
         name = root.name if ev == root else f"{root.name}/{ev.relative_to(root)}"
+        run_id = read_run_id(root)
         runs.append(RunData(name=name, config=cfg or {}, scalars=read_scalars(ev),
                             path=str(root), status=status, has_config=cfg is not None,
-                            data=read_data_identity(root)))
+                            data=read_data_identity(root), run_id=run_id,
+                            changes=read_changes(root)))
+        where.append(str(ev.relative_to(root)))
     if not runs:
         raise ReportError("no runs with TensorBoard event files found in "
                           + ", ".join(map(str, paths)))
+    runs = collapse_copies(runs, where)
     warn_mixed_validation(runs)
     return runs
+
+
+RUN_FILE = "run.json"
+RESUMES_FILE = "resumes.jsonl"
+#: keys of resumes.jsonl changes that change what a run measures (trainer settings do not)
+HPARAM_PREFIXES = ("model.", "data.", "seed_everything")
+
+
+def read_run_id(run_root: Path) -> str | None:
+    """The id in the run's ``run.json`` (written once when ``adamrot fit`` created the run),
+    None for runs created before run ids."""
+    try:
+        rec = json.loads((Path(run_root) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rid = rec.get("run_id") if isinstance(rec, dict) else None
+    return str(rid) if rid else None
+
+
+def read_changes(run_root: Path) -> list[tuple[int, str, Any, Any]]:
+    """The hyper-parameter changes applied on resume (``resumes.jsonl``): model, data and
+    seed keys and a changed data identity, as ``(step, key, old, new)`` in order."""
+    out: list[tuple[int, str, Any, Any]] = []
+    try:
+        lines = (Path(run_root) / RESUMES_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue                                   # a torn last line
+        if not isinstance(rec, dict):
+            continue
+        step = int(rec.get("step") or 0)
+        for k, v in (rec.get("changes") or {}).items():
+            if k.startswith(HPARAM_PREFIXES) and isinstance(v, list) and len(v) == 2:
+                out.append((step, k, v[0], v[1]))
+        for k, v in (rec.get("data_identity") or {}).items():
+            if isinstance(v, list) and len(v) == 2:
+                out.append((step, f"data.json {k}", v[0], v[1]))
+    return out
+
+
+def collapse_copies(runs: list[RunData], where: Sequence[str] = ()) -> list[RunData]:
+    """One run per run id (``run.json``): copies of a run directory (``cp -a RUN RUN.bak``)
+    are one run, not another seed. Keeps the copy with the longest curves (then the first),
+    and warns naming the others."""
+    where = list(where) or [""] * len(runs)
+    by_id: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(runs):
+        if r.run_id:
+            by_id.setdefault((r.run_id, where[i]), []).append(i)
+    drop: set[int] = set()
+    for (rid, _), idx in by_id.items():
+        if len(idx) < 2:
+            continue
+
+        def length(i: int) -> int:
+            return max((int(c[0][-1]) for c in runs[i].scalars.values() if len(c[0])), default=-1)
+        keep = max(idx, key=lambda i: (length(i), -i))
+        others = [runs[i].path or runs[i].name for i in idx if i != keep]
+        warnings.warn(f"{', '.join(others)}: a copy of {runs[keep].path or runs[keep].name} "
+                      f"(same run id {rid} in {RUN_FILE}); counted once")
+        drop.update(i for i in idx if i != keep)
+    return [r for i, r in enumerate(runs) if i not in drop]
 
 
 def read_data_identity(run_root: Path) -> dict[str, Any] | None:

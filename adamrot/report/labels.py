@@ -171,22 +171,41 @@ def label_string(values: dict[str, Any], shorts: dict[str, str]) -> str:
     return ", ".join(f"{shorts[k]}={fmt_value(v)}" for k, v in values.items())
 
 
+#: marks a run whose hyper-parameters changed mid-run (its label carries the change)
+CHANGED = "†"
+
+
+def change_note(run: RunData) -> str:
+    """`` † lr 0.003→0.001 at step 4`` for a run whose hyper-parameters changed on a resume
+    (``resumes.jsonl``); empty otherwise. Its label is its starting config (``config.yaml``)
+    plus this note, so it is never averaged with runs that kept their settings."""
+    if not run.changes:
+        return ""
+    parts = []
+    for step, key, old, new in run.changes:
+        name = key if key.startswith("data.json") else short_key(key)
+        parts.append(f"{name} {fmt_value(old)}→{fmt_value(new)} at step {step}")
+    return f" {CHANGED} " + "; ".join(parts)
+
+
 def group_runs(runs: Sequence[RunData], label_keys: Sequence[str],
                group_keys: Sequence[str] = ()) -> list[LabelGroup]:
-    """Partition runs into (group, label) cells, sorted by group then label values."""
+    """Partition runs into (group, label) cells, sorted by group then label values. A run
+    whose hyper-parameters changed mid-run gets its own label (:func:`change_note`)."""
     shorts = short_keys(list(label_keys) + [k for k in group_keys if k not in label_keys])
     cells: dict[tuple[str, str], LabelGroup] = {}
     for r in runs:
         gv = {k: config_value(r.config, k) for k in group_keys}
         lv = {k: config_value(r.config, k) for k in label_keys}
         g = label_string(gv, shorts) if group_keys else ""
-        lab = label_string(lv, shorts)
+        lab = label_string(lv, shorts) + change_note(r)
         cell = cells.get((g, lab))
         if cell is None:
             cell = cells[(g, lab)] = LabelGroup(g, gv, lab, lv)
         cell.runs.append(r)
     return sorted(cells.values(), key=lambda c: ([natural(v) for v in c.group_values.values()],
-                                                 [natural(v) for v in c.values.values()]))
+                                                 [natural(v) for v in c.values.values()],
+                                                 c.label))
 
 
 def _scope_key(label_keys: Sequence[str]) -> str | None:
@@ -262,6 +281,7 @@ def assign_baselines(cells: Sequence[LabelGroup], label_keys: Sequence[str],
         if sk is None:
             continue
         nones = [c for c in gcells if _is_none_scope(c.values.get(sk))]
+        nones = [c for c in nones if CHANGED not in c.label] or nones
         if len(nones) == 1:
             for c in gcells:
                 out[id(c)] = nones[0]

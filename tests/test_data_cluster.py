@@ -4,7 +4,6 @@ and resume exactly, because the training datasets keep litdata's full shuffle
 (:func:`datamodules.streaming.full_shuffle_only`). docs/DATA.md, issue 23."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
@@ -42,13 +41,11 @@ def _rank(rank: int, world: int, port: int, out: str, result: str, stop: int) ->
                                   num_workers=2, seed=1).train_dataloader()
     loader = make()
     profile = loader.dataset.posix_fast
-    epoch = [x for x, _ in loader]
-    first = make()
-    it = iter(first)
-    for _ in range(stop):
-        next(it)
-    state = first.state_dict()
-    del it
+    epoch, state = [], None
+    for x, _ in loader:                          # one epoch; the position after `stop` batches
+        epoch.append(x)
+        if len(epoch) == stop:
+            state = loader.state_dict()
     resumed = make()
     resumed.load_state_dict(state)
     rest = [x for x, _ in resumed]
@@ -61,10 +58,10 @@ def _rank(rank: int, world: int, port: int, out: str, result: str, stop: int) ->
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_whole_chunk_mode_two_ranks_two_workers(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMROT_CACHE", str(tmp_path / "cache"))
-    corpus = TextCorpus("local", (letters_corpus(tmp_path / "c.jsonl", n=80),))
+    corpus = TextCorpus("local", (letters_corpus(tmp_path / "c.jsonl", n=30),))
     out, m = prepare_text(corpus, out=tmp_path / "p", workers=2, val_fraction=0.1)
     assert len(m["chunks"]["train"]) == 2                 # fewer chunks than 2 x 2 readers
-    ctx = torch.multiprocessing.get_context("spawn")
+    ctx = torch.multiprocessing.get_context("fork")   # workers fork too: no re-imports
     port, stop = _free_port(), 5
     results = [str(tmp_path / f"r{r}.pkl") for r in range(2)]
     procs = [ctx.Process(target=_rank, args=(r, 2, port, str(out), results[r], stop))
@@ -85,4 +82,3 @@ def test_whole_chunk_mode_two_ranks_two_workers(tmp_path, monkeypatch):
     for g in got:                                                       # exact resume
         assert len(g["rest"]) == len(g["epoch"]) - stop
         assert all(torch.equal(a, b) for a, b in zip(g["rest"], g["epoch"][stop:]))
-    json.dumps(counts)

@@ -108,3 +108,27 @@ def test_class_sorted_image_tree(tmp_path):
     assert warned == (c["single_class_batches"] / c["batches"] >= 0.5)
     assert r["batch"]["dataset_samples"] == 120 and r["batch"]["epochs"] == pytest.approx(40 / 120)
     assert r["memory"]["activations"] > 0      # meta-device count for the ResNet
+
+
+def test_repeated_windows_and_few_documents_per_batch_are_warned(tmp_path):
+    """The same windows every epoch, read in stream order (the loader of a data module that
+    neither shuffles nor shifts its windows): both warnings."""
+    from datamodules.text import TextDataModule
+    from litdata import StreamingDataset, TokensLoader
+
+    from adamrot.preflight.data import check_text
+
+    dm = TextDataModule(source="local", paths=[str(corpus(tmp_path / "c.jsonl"))],
+                        block_size=128, batch_size=16, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    ds = StreamingDataset(f"{dm.path}/train", item_loader=TokensLoader(129))
+    windows = torch.stack([torch.as_tensor(ds[i]).to(torch.int64) for i in range(len(ds))])
+    in_order = DataLoader(TensorDataset(windows[:, :-1], windows[:, 1:]), batch_size=16,
+                          drop_last=True)
+    dm.train_dataloader = lambda: in_order
+    out, found = check_text(dm, world=1, epochs=3.0)
+    messages = [m for _, m in found]
+    assert out["epoch2_repeats"] == 1.0
+    assert any("epoch 2 reads the same windows as epoch 1 (100% identical" in m for m in messages)
+    assert out["documents_per_batch"]["mean"] < 4
+    assert any("distinct documents per batch of 16 windows" in m for m in messages)

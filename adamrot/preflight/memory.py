@@ -31,6 +31,8 @@ GPUS = {"a100-40gb": 40 * GiB, "a100-80gb": 80 * GiB, "h100-80gb": 80 * GiB,
 #: not available to tensors: CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation
 GPU_RESERVED_BYTES = 1 * GiB
 GPU_FRAGMENTATION = 0.10
+#: the largest micro-batch searched
+MICRO_BATCH_LIMIT = 1 << 14
 
 
 def usable_bytes(gpu: str) -> int:
@@ -204,7 +206,7 @@ def estimate(module, precision, micro_batch: int, world: int) -> Memory:
 
 
 def largest_micro_batch(mem: Memory, module, precision, budget: int,
-                        limit: int = 1 << 14) -> int:
+                        limit: int = MICRO_BATCH_LIMIT) -> int:
     """The largest micro-batch whose estimate fits ``budget`` bytes (0: none)."""
     fn, _ = activation_fn(module, precision)
     if fn is None:

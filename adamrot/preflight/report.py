@@ -9,8 +9,8 @@ from typing import Optional
 from adamrot.preflight.batch import DOCUMENTED, paper_findings, plan_batch
 from adamrot.preflight.build import Built, build
 from adamrot.preflight.cost import estimate_cost, load_calibration
-from adamrot.preflight.memory import (GPUS, estimate, fmt_bytes, largest_micro_batch,
-                                      usable_bytes)
+from adamrot.preflight.memory import (GPUS, MICRO_BATCH_LIMIT, estimate, fmt_bytes,
+                                      largest_micro_batch, usable_bytes)
 
 LEVELS = ("error", "warning", "info")
 DEFAULT_COST_GPU = "a100-80gb"
@@ -153,7 +153,8 @@ def table(r: dict) -> str:
     for name, f in r["gpus"].items():
         row(f"  {name} ({fmt_bytes(f['usable'])} usable)",
             f"{'fits' if f['fits'] else 'DOES NOT FIT'}; largest micro-batch "
-            f"{f['largest_micro_batch']}")
+            + (f">= {MICRO_BATCH_LIMIT:,}" if f["largest_micro_batch"] >= MICRO_BATCH_LIMIT
+               else f"{f['largest_micro_batch']:,}"))
     lines.append(f"time and cost ({c['gpu']}, {b['world']} GPU(s))")
     row("FLOPs per step", _big(c["flops_per_step"]))
     if c["rotation_flops_per_step"] or c["rotation_bytes_per_step"]:

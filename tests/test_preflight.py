@@ -125,6 +125,11 @@ def test_gpu_check_calibrates_the_cost(repo, tmp_path):
     assert measured.step_s == pytest.approx(plain_s * 1.0714)
     assert measured.gpu_hours == pytest.approx(measured.step_s * 100_000 / 3600)
     assert assumed.rotation_flops_per_step > 0
+    g = assumed.rotation_by_scope["global"]            # one permuted rotation of all d, n = 768
+    d = sum(v.numel for v in b.model.rotation_views())
+    assert g["elements"] == d and g["bytes"] == 40 * d
+    n, k, p = 768, d // 768, d % 768
+    assert g["flops"] == 2 * (2 * k * n * n + 2 * p * p)
 
 
 def test_cli_writes_preflight_json_and_refuses_bad_input(repo, tmp_path, capsys):

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from adamrot.cli import ConfigError
+from adamrot.parse_errors import summarize_parse_error
 from adamrot.train import AdamrotCLI
 
 #: local text/image sources larger than this are not prepared by preflight (fit would)
@@ -39,7 +40,10 @@ class PreflightCLI(AdamrotCLI):
             with torch.device("meta"):
                 self.config_init = self.parser.instantiate_classes(cfg)
         except (ValueError, FileNotFoundError) as e:
-            raise ConfigError(str(e)) from e
+            message = str(e)
+            if "Does not validate" in message or "Parser key" in message:
+                message = summarize_parse_error(message)     # jsonargparse's nesting
+            raise ConfigError(message) from e
         self.model = self._get(self.config_init, "model")
         self.datamodule = None
         self.trainer = None

@@ -82,6 +82,7 @@ class Cost:
     flops_per_step: Optional[float]
     rotation_flops_per_step: float
     rotation_bytes_per_step: float
+    rotation_by_scope: dict          # scope -> {"flops", "bytes", "elements"} per step
     gpu: str
     mfu: float
     mfu_source: str                 # "assumed" or "measured: FILE (device)"
@@ -170,7 +171,7 @@ def estimate_cost(module, per_step: int, steps: Optional[int], world: int, gpu: 
     step_s = model_s + rot_s if model_s is not None else None
     hours = step_s * steps * world / 3600 if (step_s is not None and steps) else None
     return Cost(flops_per_sample=fps, flops_per_step=fstep, rotation_flops_per_step=rflops,
-                rotation_bytes_per_step=rbytes, gpu=gpu, mfu=mfu, mfu_source=source,
+                rotation_bytes_per_step=rbytes, rotation_by_scope=work, gpu=gpu, mfu=mfu, mfu_source=source,
                 step_s=step_s, rotation_s=rot_s, gpu_hours=hours, world=world)
 
 

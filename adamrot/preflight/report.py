@@ -160,6 +160,9 @@ def table(r: dict) -> str:
     if c["rotation_flops_per_step"] or c["rotation_bytes_per_step"]:
         row("rotation per step", f"{_big(c['rotation_flops_per_step'])} FLOPs, "
             f"{fmt_bytes(c['rotation_bytes_per_step'])} moved, ~{c['rotation_s'] * 1e3:.0f} ms")
+        for scope, w in (c.get("rotation_by_scope") or {}).items():
+            row(f"  {scope}", f"{_big(w['flops'])} FLOPs, {fmt_bytes(w['bytes'])} moved, "
+                f"{w['elements']:,} rotated elements")
     row("MFU", f"{c['mfu']:.0%} ({c['mfu_source']})")
     step = c["step_s"]
     row("step time", "?" if step is None else f"{step:.2f} s" if step >= 0.1

@@ -81,29 +81,33 @@ def holdout_score(text: str) -> float:
 
 def split_heldout(texts: Sequence[str], val_fraction: float, min_bytes: int,
                   label: str = "corpus") -> np.ndarray:
-    """Boolean mask of the held-out documents of an in-memory corpus.
-
-    Distinct texts are held out in increasing :func:`holdout_score` order (all copies of a
-    text together, so duplicates never straddle the split), skipping any whose copies would
-    take the held-out bytes above twice the target
-    ``max(val_fraction * bytes, min(min_bytes, bytes / 4))``,
-    until the target is reached; if skipping cannot reach it, the shortest score-order prefix
-    that does. At least one distinct text stays on each side.
-    """
-    n = len(texts)
-    scores = np.array([holdout_score(t) for t in texts])
-    groups: dict[str, list[int]] = {}
-    for i, t in enumerate(texts):
-        groups.setdefault(t, []).append(i)
-    if len(groups) < 2:
-        raise DataError(f"{label}: holds {n} non-empty document(s), {len(groups)} distinct; "
-                        "a document-level validation split needs at least 2 distinct")
-    members = sorted(groups.values(), key=lambda g: (scores[g[0]], texts[g[0]]))
+    """Boolean mask of the held-out documents of an in-memory corpus (:func:`split_scores`)."""
+    scores = np.array([holdout_score(t) for t in texts], dtype=np.float64)
     sizes = np.array([len(t.encode("utf-8", "surrogatepass")) for t in texts], dtype=np.int64)
-    group_bytes = np.array([int(sizes[g].sum()) for g in members], dtype=np.int64)
+    return split_scores(scores, sizes, val_fraction, min_bytes, label)
+
+
+def split_scores(scores: np.ndarray, sizes: np.ndarray, val_fraction: float, min_bytes: int,
+                 label: str = "corpus") -> np.ndarray:
+    """Boolean mask of the held-out documents, from each document's :func:`holdout_score` and
+    UTF-8 size (so a corpus can be split without holding it in memory).
+
+    Distinct texts (distinct scores: a 64-bit hash of the text) are held out in increasing
+    score order, all copies of a text together, so duplicates never straddle the split,
+    skipping any whose copies would take the held-out bytes above twice the target
+    ``max(val_fraction * bytes, min(min_bytes, bytes / 4))``, until the target is reached; if
+    skipping cannot reach it, the shortest score-order prefix that does. At least one distinct
+    text stays on each side.
+    """
+    n = len(scores)
+    distinct, first, group = np.unique(scores, return_index=True, return_inverse=True)
+    if len(distinct) < 2:
+        raise DataError(f"{label}: holds {n} non-empty document(s), {len(distinct)} distinct; "
+                        "a document-level validation split needs at least 2 distinct")
+    group_bytes = np.bincount(group, weights=sizes, minlength=len(distinct)).astype(np.int64)
     target = max(val_fraction * float(sizes.sum()), min(min_bytes, sizes.sum() / 4))
     chosen, held = [], 0
-    for j, b in enumerate(group_bytes):
+    for j, b in enumerate(group_bytes):            # np.unique: increasing score
         if held + b <= 2 * target:
             chosen.append(j)
             held += b
@@ -111,11 +115,23 @@ def split_heldout(texts: Sequence[str], val_fraction: float, min_bytes: int,
                 break
     else:
         chosen = list(range(int(np.searchsorted(np.cumsum(group_bytes), target)) + 1))
-    chosen = chosen[:len(members) - 1]
-    mask = np.zeros(n, dtype=bool)
-    for j in chosen:
-        mask[members[j]] = True
-    return mask
+    picked = np.zeros(len(distinct), dtype=bool)
+    picked[chosen[:len(distinct) - 1]] = True
+    return picked[group]
+
+
+def scan(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """One pass over a corpus: each document's :func:`holdout_score` and UTF-8 size, and
+    :func:`corpus_hash` of the whole, holding one document at a time."""
+    h = hashlib.sha256()
+    scores, sizes = [], []
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+        scores.append(holdout_score(text))
+        sizes.append(len(data))
+    return np.array(scores, dtype=np.float64), np.array(sizes, dtype=np.int64), h.hexdigest()
 
 
 # -- embedded ---------------------------------------------------------------------------
@@ -136,10 +152,15 @@ def stdlib_source_files() -> list[Path]:
     return [root / r for r in sorted(relative)]
 
 
+def iter_embedded(max_bytes: int | None = None) -> Iterator[str]:
+    """The embedded corpus, streamed: one document per non-empty standard-library file."""
+    texts = (p.read_bytes().decode("utf-8", "replace") for p in stdlib_source_files())
+    return cap_bytes((t for t in texts if t), max_bytes)
+
+
 def read_embedded(max_bytes: int | None = None) -> list[str]:
     """The embedded corpus: one document per non-empty standard-library source file."""
-    texts = (p.read_bytes().decode("utf-8", "replace") for p in stdlib_source_files())
-    return list(cap_bytes((t for t in texts if t), max_bytes))
+    return list(iter_embedded(max_bytes))
 
 
 # -- local files ------------------------------------------------------------------------
@@ -216,39 +237,55 @@ def _read_jsonl(path: Path, text_column: str) -> Iterator[object]:
             yield row[text_column]
 
 
-def read_local_file(path: Path, text_column: str = "text") -> list[str]:
+def iter_local_file(path: Path, text_column: str = "text") -> Iterator[str]:
     """The non-empty documents of one ``.txt`` (one document) / ``.jsonl`` (one per line) /
-    ``.parquet`` (one per row) file; errors name the file (and line)."""
+    ``.parquet`` (one per row, read a batch at a time) file, streamed; errors name the file
+    (and line)."""
     check_local_files([str(path)])
     suffix = path.suffix.lower()
+    found = 0
     try:
         if suffix == ".txt":
-            texts: list = [_utf8(path.read_bytes(), str(path))]
+            texts: Iterable = [_utf8(path.read_bytes(), str(path))]
         elif suffix == ".jsonl":
-            texts = list(_read_jsonl(path, text_column))
+            texts = _read_jsonl(path, text_column)
         else:
             columns = pq.read_schema(path).names
             if text_column not in columns:
                 raise DataError(f"{path}: parquet file has no column {text_column!r} "
                                 f"(columns: {columns})")
-            texts = pq.read_table(path, columns=[text_column]).column(text_column).to_pylist()
+            texts = (t for b in pq.ParquetFile(path).iter_batches(batch_size=256,
+                                                                  columns=[text_column])
+                     for t in b.column(0).to_pylist())
+        for text in texts:
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{path}: {text_column!r} holds {type(text).__name__}, "
+                                "expected str")
+            if text:
+                found += 1
+                yield text
     except (OSError, pyarrow.ArrowException) as e:
         raise DataError(f"{path}: could not read local file: {e}") from e
-    for text in texts:
-        if text is not None and not isinstance(text, str):
-            raise DataError(f"{path}: {text_column!r} holds {type(text).__name__}, expected str")
-    texts = [t for t in texts if t]
-    if not texts:
+    if not found:
         raise DataError(f"{path}: contains no non-empty text")
-    return texts
+
+
+def read_local_file(path: Path, text_column: str = "text") -> list[str]:
+    """:func:`iter_local_file` as a list."""
+    return list(iter_local_file(path, text_column))
+
+
+def iter_local(paths: Sequence[str], text_column: str = "text",
+               max_bytes: int | None = None) -> Iterator[str]:
+    """The local corpus, streamed: documents of all files named by ``paths``, in order."""
+    files = expand_local_paths(paths)
+    return cap_bytes((t for f in files for t in iter_local_file(f, text_column)), max_bytes)
 
 
 def read_local(paths: Sequence[str], text_column: str = "text",
                max_bytes: int | None = None) -> list[str]:
     """The local corpus: documents of all files named by ``paths``, in order."""
-    files = expand_local_paths(paths)
-    return list(cap_bytes((t for f in files for t in read_local_file(f, text_column)),
-                          max_bytes))
+    return list(iter_local(paths, text_column, max_bytes))
 
 
 # -- hub --------------------------------------------------------------------------------
@@ -280,5 +317,50 @@ def hub_texts(dataset: str, data_files: str | None = None, split: str = "train",
                         f"(columns: {ds.column_names})")
     if parts > 1:
         ds = split_dataset_by_node(ds, rank=part, world_size=parts)
-    for batch in ds.select_columns([text_column]).iter(batch_size=batch_size):
-        yield from (text for text in batch[text_column] if text)
+    label = data_files or dataset
+    row = 0
+    try:
+        for batch in ds.select_columns([text_column]).iter(batch_size=batch_size):
+            for text in batch[text_column]:
+                if not isinstance(text, str):
+                    raise DataError(_locate_bad_row(data_files, text_column) or
+                                    f"{label} row {row} of part {part}: {text_column!r} holds "
+                                    f"{type(text).__name__}, expected str")
+                row += 1
+                if text:
+                    yield text
+    except DataError:
+        raise
+    except Exception as e:           # datasets / pyarrow: malformed JSON, not UTF-8, ...
+        raise DataError(_locate_bad_row(data_files, text_column) or
+                        f"{label}: cannot read hub data ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _locate_bad_row(data_files: str | None, text_column: str) -> str | None:
+    """For local json(l) ``data_files`` (optionally compressed): the first bad line, as
+    ``<file> line N: ...`` (what :func:`read_local_file` says), else ``None``."""
+    if not data_files or "://" in data_files or hub_builder(data_files) != "json":
+        return None
+    import fsspec
+
+    for path in sorted(glob.glob(os.path.expanduser(data_files), recursive=True)):
+        with fsspec.open(path, "rb", compression="infer") as f:
+            for lineno, raw in enumerate(f, 1):
+                where = f"{path} line {lineno}"
+                try:
+                    line = _utf8(raw, where)
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        return f"{where}: malformed JSON ({e.msg}, column {e.colno})"
+                except DataError as e:
+                    return str(e)
+                if not isinstance(row, dict) or text_column not in row:
+                    return f"{where}: expected a JSON object with field {text_column!r}"
+                if not isinstance(row[text_column], str):
+                    return (f"{where}: {text_column!r} holds {type(row[text_column]).__name__}, "
+                            "expected str")
+    return None

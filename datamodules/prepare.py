@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -38,6 +39,11 @@ SOURCES = ("embedded", "local", "hub")
 
 class PreparedError(ValueError):
     """A missing, interrupted, corrupt or foreign prepared directory (message starts with it)."""
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a SLURM allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_cache_dir() -> Path:
@@ -78,11 +84,15 @@ class TextCorpus:
             return ",".join(self.paths)
         return self.hub_data_files or f"{self.hub_dataset}@refs/convert/parquet"
 
+    def iter_texts(self) -> Iterator[str]:
+        """The documents of an embedded or local corpus, streamed (one at a time)."""
+        if self.source == "embedded":
+            return C.iter_embedded(self.max_bytes)
+        return C.iter_local(self.paths, self.text_column, self.max_bytes)
+
     def read(self) -> list[str]:
         """The whole corpus in memory (embedded and local sources)."""
-        if self.source == "embedded":
-            return C.read_embedded(self.max_bytes)
-        return C.read_local(self.paths, self.text_column, self.max_bytes)
+        return list(self.iter_texts())
 
 
 # -- the parallel writer ----------------------------------------------------------------
@@ -105,7 +115,7 @@ def _write_part(job: dict) -> dict:
     from litdata import TokensLoader
     from litdata.streaming.writer import BinaryWriter
 
-    tokenizer = build_tokenizer(job["tokenizer"], job["ranks_file"])
+    tokenizer = build_tokenizer(job["tokenizer"], job["ranks_file"], threads=job["threads"])
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     writers = {}
 
@@ -117,8 +127,10 @@ def _write_part(job: dict) -> dict:
                                               item_loader=TokensLoader())
                 writers[split].rank             # read (and kept) while the rank is set
         return writers[split]
-    if "texts" in job:                          # in-memory corpus: split decided up front
-        texts, heldout = job["texts"], iter(job["heldout"])
+    if "range" in job:                          # local/embedded: split decided up front
+        lo, hi = job["range"]
+        texts = itertools.islice(TextCorpus(**job["corpus"]).iter_texts(), lo, hi)
+        heldout = iter(job["heldout"])
         side = lambda text: next(heldout)       # noqa: E731
     else:
         corpus = TextCorpus(**job["corpus"])
@@ -256,6 +268,19 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
     if out.startswith("file://"):
         out = out[len("file://"):]
     remote = "://" in out
+    fresh = not remote and not Path(out).exists()
+    try:
+        return _prepare_locked(kind, key, out, remote, build, log)
+    except Exception:
+        if not remote:                  # a refused preparation leaves nothing behind
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                Path(out, ".lock").unlink(missing_ok=True)
+        raise
+
+
+def _prepare_locked(kind, key, out, remote, build, log) -> tuple[str, dict]:
     with _staging(out, remote) as local, _locked(local):
         try:
             manifest = read_manifest(out, kind)
@@ -274,9 +299,13 @@ def prepare_once(kind: str, material: dict, build: Callable[[Path], dict],
         _clear_unfinished(local)
         if log:
             log(f"preparing into {out}")
-        manifest = {"format": FORMATS[kind], "kind": kind, "key": key, **build(local)}
-        merge_indexes(local)
-        manifest["chunks"] = chunk_checksums(local)   # verified before training
+        try:
+            manifest = {"format": FORMATS[kind], "kind": kind, "key": key, **build(local)}
+            merge_indexes(local)
+            manifest["chunks"] = chunk_checksums(local)   # verified before training
+        except Exception:
+            _clear_unfinished(local)
+            raise
         tmp = local / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.replace(tmp, local / MANIFEST)
@@ -305,13 +334,13 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
     """Prepare ``corpus`` with ``tokenizer`` into ``out`` (default: the cache) unless already
     done (:func:`prepare_once`); returns ``(directory, manifest)``."""
     tok = build_tokenizer(tokenizer, ranks_file)
-    texts = corpus.read() if corpus.source != "hub" else None
-    content = C.corpus_hash(texts) if texts is not None else None
+    scores = sizes = content = heldout = None
+    if corpus.source != "hub":                  # one streaming pass: scores, sizes, hash
+        scores, sizes, content = C.scan(corpus.iter_texts())
+        heldout = C.split_scores(scores, sizes, val_fraction, MIN_VAL_BYTES, corpus.label)
     spec = asdict(corpus)
     spec["paths"] = [p if any(c in p for c in "*?[") else str(Path(p).expanduser().resolve())
                      for p in corpus.paths]
-    heldout = (C.split_heldout(texts, val_fraction, MIN_VAL_BYTES, corpus.label)
-               if texts is not None else None)
     split = {"rule": SPLIT_RULE, "min_val_bytes": MIN_VAL_BYTES}
     if heldout is not None:                     # the held-out set itself, whatever the rule
         split["heldout"] = hashlib.sha256(np.flatnonzero(heldout).tobytes()).hexdigest()
@@ -319,15 +348,19 @@ def prepare_text(corpus: TextCorpus, tokenizer: str = "bytes", ranks_file: str |
                 "content": content, "split": split}
 
     def build(local: Path) -> dict:
-        base = {"out": str(local), "tokenizer": tokenizer, "ranks_file": ranks_file,
-                "val_fraction": val_fraction}
-        if texts is not None:
-            parts = np.array_split(np.arange(len(texts)), max(1, min(workers, len(texts))))
-            jobs = [{**base, "part": w, "texts": [texts[i] for i in idx],
-                     "heldout": heldout[idx].tolist()} for w, idx in enumerate(parts)]
+        if heldout is not None:
+            n = max(1, min(workers, len(heldout)))
         else:
             n = 1 if corpus.max_bytes is not None else workers  # a byte cap is on the stream
-            jobs = [{**base, "part": w, "parts": n, "corpus": asdict(corpus)} for w in range(n)]
+        base = {"out": str(local), "tokenizer": tokenizer, "ranks_file": ranks_file,
+                "val_fraction": val_fraction, "corpus": asdict(corpus),
+                "threads": max(1, available_cores() // n)}   # tokenizer threads per worker
+        if heldout is not None:
+            parts = np.array_split(np.arange(len(heldout)), n)
+            jobs = [{**base, "part": w, "range": (int(idx[0]), int(idx[-1]) + 1),
+                     "heldout": heldout[idx].tolist()} for w, idx in enumerate(parts)]
+        else:
+            jobs = [{**base, "part": w, "parts": n} for w in range(n)]
         stats = run_parts(_write_part, jobs, progress, "tok")
         cut = {"workers": len(jobs), "chunk_tokens": CHUNK_TOKENS}
         val = [doc for s in stats for doc in s.pop("val")]

@@ -96,9 +96,10 @@ class TiktokenTokenizer:
     encoded as text, never as the EOT token (which only the packer inserts).
     """
 
-    def __init__(self, encoding: tiktoken.Encoding, name: str = "gpt2"):
+    def __init__(self, encoding: tiktoken.Encoding, name: str = "gpt2", threads: int = 8):
         self.encoding = encoding
         self.name = name
+        self.threads = max(1, int(threads))
         self.vocab_size = encoding.n_vocab
         self.eot_token = encoding.eot_token
 
@@ -107,7 +108,8 @@ class TiktokenTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.int32)
-                for ids in self.encoding.encode_ordinary_batch(list(texts))]
+                for ids in self.encoding.encode_ordinary_batch(list(texts),
+                                                               num_threads=self.threads)]
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.encoding.decode(list(tokens))
@@ -139,8 +141,10 @@ def gpt2_from_ranks_file(path: str | Path) -> tiktoken.Encoding:
                              special_tokens={EOT_TEXT: max(ranks.values()) + 1})
 
 
-def build_tokenizer(name: str, ranks_file: str | None = None) -> Tokenizer:
-    """Tokenizer by name: ``"bytes"`` or ``"gpt2"`` (optionally from a local ranks file)."""
+def build_tokenizer(name: str, ranks_file: str | None = None, threads: int = 8) -> Tokenizer:
+    """Tokenizer by name: ``"bytes"`` or ``"gpt2"`` (optionally from a local ranks file);
+    ``threads``: tiktoken's batch-encoding threads (``adamrot prepare`` gives each worker
+    its share of the available cores)."""
     if name not in TOKENIZER_NAMES:
         raise ValueError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZER_NAMES))}, "
                          f"got {name!r}")
@@ -150,11 +154,11 @@ def build_tokenizer(name: str, ranks_file: str | None = None) -> Tokenizer:
                              "got tokenizer='bytes'")
         return ByteTokenizer()
     if ranks_file is not None:
-        return TiktokenTokenizer(gpt2_from_ranks_file(ranks_file))
+        return TiktokenTokenizer(gpt2_from_ranks_file(ranks_file), threads=threads)
     try:
         encoding = tiktoken.get_encoding("gpt2")
     except Exception as e:  # typically no network and no tiktoken cache
         raise RuntimeError(
             f"could not load tiktoken's 'gpt2' encoding ({type(e).__name__}: {e}); on an offline "
             "machine pass tiktoken_ranks_file=<path to r50k_base.tiktoken>") from e
-    return TiktokenTokenizer(encoding)
+    return TiktokenTokenizer(encoding, threads=threads)

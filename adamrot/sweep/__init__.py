@@ -4,8 +4,10 @@ run is recorded and the others go on. Runs go one after the other, ``--jobs N`` 
 machine, or as submitit jobs on this machine or a SLURM cluster (``--launcher local|slurm``).
 
 Modules: :mod:`.spec` (sweep file, run list, commands), :mod:`.index` (state on disk),
-:mod:`.options` (launch options), :mod:`.pool` (child processes), :mod:`.submit` and :mod:`.job`
-(submitit), :mod:`.cli`. How to use it: ``docs/CLUSTER.md``.
+:mod:`.options` (launch options), :mod:`.world` (the global batch kept under
+``--gpus-per-node``/``--nodes``), :mod:`.preflight` (``--preflight``, and before ``--launcher
+slurm``), :mod:`.pool` (child processes), :mod:`.submit` and :mod:`.job` (submitit), :mod:`.cli`.
+How to use it: ``docs/CLUSTER.md``.
 """
 from adamrot.sweep.cli import build_parser, main, run_sweep, show_status
 from adamrot.sweep.index import (INDEX_CSV, INDEX_JSON, LOG_NAME, STATUSES, load_index,

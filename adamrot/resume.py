@@ -258,25 +258,23 @@ def _intact(path: Path) -> bool:
         return False
 
 
-def newest_intact(ckpt_dir: Path, skip: tuple = ()) -> Optional[tuple[Path, int]]:
-    """The newest checkpoint of ``ckpt_dir`` that loads and passes its checksum."""
-    readable, _ = scan_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else ([], [])
-    for p, step in readable:
-        if str(p) not in map(str, skip) and _intact(p):
-            return p, step
-    return None
-
-
 def damaged_message(damaged: list, readable: list, ckpt_dir: Path, skip: tuple = ()) -> str:
-    """Why a run with unreadable (or corrupt) checkpoints is not resumed, and how to go on."""
-    names = "; ".join(f"{p} ({why})" for p, why in damaged)
+    """Why a run with unreadable (or corrupt) checkpoints is not resumed, and how to go on.
+    ``damaged``: ``[(path, reason)]``, a reason being a short cause or the whole message of a
+    failed load (``checkpoint … is corrupt: …``)."""
+    parts = []
+    for p, why in damaged:
+        why = str(why)
+        if why.startswith(f"checkpoint {p}") or why.startswith(f"checkpoint '{p}'"):
+            parts.append(why.split(". Resume from another checkpoint")[0].rstrip(". "))
+        else:
+            parts.append(f"checkpoint {p} cannot be read ({why})")
     intact = None
     for p, step in readable:
         if str(p) not in map(str, skip) and _intact(p):
             intact = (p, step)
             break
-    head = (f"checkpoint {names} cannot be read (torn or damaged); the run is not restarted "
-            "and nothing was written. ")
+    head = "; ".join(parts) + ". The run is not restarted and nothing was written. "
     if intact is None:
         return head + ("No intact checkpoint is left to continue from: start a new run in "
                        "another --trainer.default_root_dir")

@@ -112,40 +112,51 @@ class DirLock:
     def _mine(self, rec: dict) -> bool:
         return rec.get("token") == self.token
 
+    def _create(self, me: str) -> bool:
+        """Create the lock file with its content in one step (written to a temporary file,
+        then hard-linked into place, which fails if the lock exists): nobody ever reads a
+        lock file that is still empty. False if the lock exists."""
+        tmp = self.path.with_name(f"{self.path.name}.{self.token}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "host": me, "token": self.token,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "command": " ".join(sys.argv)}, f)
+            f.write("\n")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
     def acquire(self) -> "DirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = hostname()
         for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                rec = self.read()
-                if rec is None:
-                    continue                                    # released meanwhile
-                host = rec.get("host") or me
-                pid = int(rec.get("pid") or 0)
-                if host == me and pid == os.getpid():
-                    self.held = False  # re-entrant use by the same process: not ours to drop
-                    return self
-                if host != me and not self.break_lock:
-                    raise LockedError(
-                        f"another {self.what} ({self._describe(rec)}) holds {self.path}, taken "
-                        f"on another host ({host}; this is {me}): its process cannot be checked "
-                        "from here. If it is certainly gone, pass --break_lock true")
-                if host == me and pid_alive(pid):
-                    raise LockedError(
-                        f"another {self.what} ({self._describe(rec)}) is writing to "
-                        f"{self.path.parent}; remove {self.path} if that is wrong")
-                if self._remove_if_unchanged(rec) and host != me:
-                    self.broken = rec
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": me, "token": self.token,
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                           "command": " ".join(sys.argv)}, f)
-                f.write("\n")
-            self.held = True
-            return self
+            if self._create(me):
+                self.held = True
+                return self
+            rec = self.read()
+            if rec is None:
+                continue                                        # released meanwhile
+            host = rec.get("host") or me
+            pid = int(rec.get("pid") or 0)
+            if host == me and pid == os.getpid():
+                self.held = False  # re-entrant use by the same process: not ours to drop
+                return self
+            if host != me and not self.break_lock:
+                raise LockedError(
+                    f"another {self.what} ({self._describe(rec)}) holds {self.path}, taken "
+                    f"on another host ({host}; this is {me}): its process cannot be checked "
+                    "from here. If it is certainly gone, pass --break_lock true")
+            if host == me and pid_alive(pid):
+                raise LockedError(
+                    f"another {self.what} ({self._describe(rec)}) is writing to "
+                    f"{self.path.parent}; remove {self.path} if that is wrong")
+            if self._remove_if_unchanged(rec) and host != me:
+                self.broken = rec
         raise LockedError(f"could not acquire {self.path}")
 
     def _remove_if_unchanged(self, judged: dict) -> bool:

@@ -50,9 +50,15 @@ def fit(root: Path, *extra: str):
 
 def said(err: str) -> str:
     """What the user reads: the adamrot lines (errors, stops) and warnings, paths shortened."""
-    lines = [x.strip() for x in err.splitlines()
-             if x.startswith(("adamrot:", "warning:")) or "UserWarning: " in x]
-    lines = [x.split("UserWarning: ", 1)[-1] for x in lines]
+    lines, raw = [], err.splitlines()
+    for i, x in enumerate(raw):
+        if x.startswith("adamrot: error:"):
+            lines.append(" ".join(y.strip() for y in raw[i:] if y.strip()))   # to the end
+            break
+        if x.startswith(("adamrot:", "warning:")) and not x.startswith("adamrot: resuming"):
+            lines.append(x.strip())
+        elif "UserWarning: " in x:
+            lines.append(x.split("UserWarning: ", 1)[-1].strip())
     text = " / ".join(lines) or "(nothing)"
     return text.replace(str(TMP) + "/", "").replace("|", "\\|").replace("\n", " ")
 

@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from callbacks.files import atomic_write, atomic_write_with
 
 __all__ = ["AtomicCheckpointIO", "CheckpointCorrupt", "RunState", "digest", "seal", "verify",
-           "load_checkpoint", "checkpoint_step", "newest_checkpoint", "scan_checkpoints", "last_checkpoint_path",
-           "CHECKSUM_KEY", "RUN_STATE_KEY"]
+           "load_checkpoint", "checkpoint_step", "newest_checkpoint", "scan_checkpoints",
+           "last_checkpoint_path", "CHECKSUM_KEY", "RUN_STATE_KEY"]
 
 #: key of the checksum inside a saved checkpoint dict
 CHECKSUM_KEY = "adamrot_checksum"

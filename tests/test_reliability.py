@@ -223,7 +223,8 @@ def test_mismatched_checkpoint_is_refused(straight, tmp_path, capsys):
     cases = [
         (["--model.init_args.rotation.scope", "global"],
          ["model.rotation.scope: checkpoint 'svd', config 'global'"]),
-        (["--model.init_args.rotation.seed", "1"], ["model.rotation.seed: checkpoint 0, config 1"]),
+        (["--model.init_args.rotation.seed", "1"],             # null: the run's seed, 1337
+         ["model.rotation.seed: checkpoint 1337, config 1"]),
         (["--model.init_args.n_layer", "3"], ["model.n_layer: checkpoint 2, config 3"]),
     ]
     for extra, expected in cases:

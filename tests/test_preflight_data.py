@@ -53,7 +53,9 @@ def test_clean_config_no_warning_and_too_few_chunks_for_four_ranks(tmp_path):
     four = preflight(text_args(tmp_path, "--trainer.devices", "4"))
     msgs = warnings_of(four)
     assert len(msgs) == 1 and msgs[0].startswith("data: 1 chunk(s) for 4 rank(s)")
-    assert tuple(four["data"]["chunks"]["per_rank"]) == (0, 1)
+    ch = four["data"]["chunks"]
+    assert tuple(ch["per_rank"]) == (0, 1) and ch["readers"] == 4
+    assert ch["windows_per_reader"] == d["chunks"]["windows_per_reader"] // 4 > 0
 
 
 class SortedImages:

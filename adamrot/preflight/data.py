@@ -43,18 +43,36 @@ def filesystem(path: str) -> str:
     return f"{kind} ({best[1]} at {best[0]})"
 
 
+def litdata_mode(prepared: str) -> str:
+    """What litdata detects for the prepared split (``posix``, or a cluster filesystem, where
+    it would assign whole chunks to readers; the data modules read with its full shuffle
+    either way: ``datamodules/streaming.py``)."""
+    from litdata import StreamingDataset
+
+    try:
+        profile = getattr(StreamingDataset(f"{prepared}/train"), "posix_fast", None)
+    except Exception as e:  # noqa: BLE001 - only a label
+        return f"unknown ({type(e).__name__})"
+    if profile is None:
+        return "litdata default"
+    return (f"{profile.kind}" + (" (litdata would assign whole chunks; read with its full "
+                                 "shuffle instead)" if profile.window_shuffle else ""))
+
+
 def chunk_split(prepared: str, world: int, workers: int) -> dict:
     """Chunks of ``prepared``/train and how they spread over ``world × max(1, workers)``
-    readers (litdata gives each rank, then each worker, whole chunks)."""
+    readers: litdata's full shuffle permutes the chunks and gives each reader an equal range
+    of items, so a reader's items come from about ``chunks / readers`` chunks."""
     import fsspec
 
     with fsspec.open(f"{prepared}/train/index.json") as f:
         chunks = json.loads(f.read())["chunks"]
     readers = world * max(1, workers)
     n = len(chunks)
-    return {"chunks": n, "items": sum(int(c.get("chunk_size", 0)) for c in chunks),
-            "readers": readers, "per_rank": (n // world, -(-n // world)),
-            "per_reader": (n // readers, -(-n // readers))}
+    items = sum(int(c.get("chunk_size", 0)) for c in chunks)
+    return {"chunks": n, "items": items, "readers": readers,
+            "per_rank": (n // world, -(-n // world)),
+            "per_reader": (n // readers, -(-n // readers)), "items_per_reader": items // readers}
 
 
 def _key(t: torch.Tensor) -> bytes:
@@ -161,11 +179,19 @@ def check_data(dm, world: int, epochs: Optional[float]) -> tuple[dict, list]:
     if path:
         split = chunk_split(path, world, int(getattr(dm, "num_workers", None)
                                              or dm.hparams.get("num_workers", 0) or 0))
+        if text:
+            from datamodules.text import read_index_windows
+
+            split["windows_per_reader"] = (read_index_windows(path, "train", dm.block_size + 1)
+                                           // split["readers"])
         out["chunks"] = split
         if split["chunks"] < split["readers"]:
             findings.append(("warning", f"data: {split['chunks']} chunk(s) for {world} rank(s) × "
                                         f"{split['readers'] // world} worker(s) = "
-                                        f"{split['readers']} readers: some read nothing or "
-                                        "the same chunks; prepare smaller chunks or use fewer "
-                                        "workers"))
+                                        f"{split['readers']} readers: each reader's items come "
+                                        "from part of one chunk, so its shuffle mixes only "
+                                        "that part (and litdata's whole-chunk mode would "
+                                        "leave readers empty); prepare more, smaller chunks "
+                                        "or use fewer workers"))
+        out["litdata_mode"] = litdata_mode(path)
     return out, findings

@@ -173,14 +173,16 @@ def table(r: dict) -> str:
     lines.append("data")
     if d.get("note"):
         row("read here", d["note"])
-    for k, label in (("prepared", "prepared"), ("filesystem", "filesystem")):
+    for k, label in (("prepared", "prepared"), ("filesystem", "filesystem"),
+                     ("litdata_mode", "litdata detects")):
         if d.get(k):
             row(label, d[k])
     if d.get("chunks"):
         ch = d["chunks"]
-        row("chunks", f"{ch['chunks']} for {ch['readers']} readers; per rank "
-            f"{ch['per_rank'][0]}-{ch['per_rank'][1]}, per reader "
-            f"{ch['per_reader'][0]}-{ch['per_reader'][1]}")
+        per = (f"{ch['windows_per_reader']:,} windows" if "windows_per_reader" in ch
+               else f"{ch['items_per_reader']:,} items")
+        row("chunks", f"{ch['chunks']} for {ch['readers']} readers (ranks x workers): "
+            f"{per} per reader")
     for k, what in (("documents_per_batch", "documents"), ("classes_per_batch", "classes")):
         if d.get(k):
             s = d[k]

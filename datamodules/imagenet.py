@@ -27,7 +27,6 @@ ImageNet mean/std. ``batch_size`` is per device. ``num_classes``, ``image_size``
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union

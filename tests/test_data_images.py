@@ -133,3 +133,25 @@ def test_bmp_tree_trains_and_names_stay_strings(tmp_path):
     images = sum(p.stat().st_size for p in root.rglob("*.bmp"))
     stored = sum(p.stat().st_size for p in Path(dm.prepared).rglob("*.bin"))
     assert stored < 1.5 * images                      # names are not stored as images
+
+
+def test_class_sorted_parquet_files_are_interleaved(tmp_path, monkeypatch):
+    """One class per parquet file (a sorted export): one worker's training chunk interleaves
+    the files' rows at random instead of writing them file by file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from litdata import StreamingDataset
+
+    files = []
+    for c in range(4):
+        rows = [{"bytes": _image((60 * c, i, 0)), "path": f"{c}_{i}.png"} for i in range(30)]
+        f = tmp_path / f"train-{c}.parquet"
+        pq.write_table(pa.table({"image": rows, "label": [c] * 30}), f)
+        files.append(str(f))
+    dm = ImageNetDataModule(source="parquet", train_files=files, val_files=files[:1],
+                            image_size=4, batch_size=8, num_workers=0)
+    dm.setup("fit")
+    labels = [int(StreamingDataset(f"{dm.prepared}/train")[i]["label"]) for i in range(120)]
+    assert sorted(labels) == sorted([c for c in range(4) for _ in range(30)])
+    runs = 1 + sum(a != b for a, b in zip(labels, labels[1:]))
+    assert runs > 40                                  # file by file: 4 runs

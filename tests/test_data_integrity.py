@@ -251,3 +251,44 @@ def _all_tokens(out: Path, split: str) -> list[int]:
         ds = StreamingDataset(str(out / split), item_loader=TokensLoader(c["dim"]))
         toks += np.asarray(ds[sum(d["dim"] // c["dim"] for d in index[:i])]).tolist()
     return toks
+
+
+def _fit(run: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "adamrot.cli", "fit", "--config",
+         str(REPO / "configs/gpt2/tiny.yaml"), "--data.init_args.prepared", str(out),
+         "--data.init_args.block_size", "16", "--data.init_args.val_max_tokens", "170",
+         "--model.init_args.n_layer", "1", "--model.init_args.n_embd", "16",
+         "--model.init_args.n_head", "1", "--model.init_args.block_size", "16",
+         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "2",
+         "--checkpoint.every_n_train_steps", "2", "--trainer.default_root_dir", str(run)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def _snapshot(run: Path) -> dict:
+    return {str(p): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_on_a_recut_or_corrupt_cache_is_refused(tmp_path):
+    """A run trained on a cache, resumed after the cache was rebuilt with other workers
+    (same key, another stream) or corrupted: exit 2, one line, the run left as it was."""
+    out, _ = prepared(tmp_path, "data", workers=1)
+    run = tmp_path / "run"
+    first = _fit(run, out, 2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _snapshot(run)
+    import shutil
+    shutil.rmtree(out)
+    prepared(tmp_path, "data", workers=2)                        # same path, same key
+    proc = _fit(run, out, 4)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("adamrot: error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "data.json" in lines[0] and "train_stream" in lines[0]
+    assert _snapshot(run) == before
+    shutil.rmtree(out)
+    prepared(tmp_path, "data", workers=1)                        # the original stream again
+    flip(sorted((out / "val").glob("chunk-*.bin"))[0], 0.6)
+    proc = _fit(run, out, 4)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("adamrot: error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "corrupt chunk" in lines[0]
+    assert _snapshot(run) == before

@@ -146,8 +146,10 @@ def scan_checkpoints(directory: str | os.PathLike
         try:
             step = _read_step(p)
         except Exception as e:  # noqa: BLE001 - torn, empty or foreign
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            damaged.append((p, f"{type(e).__name__}: {reason[:160]}"))
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = text.split(". ")[0][:160]
+            size = p.stat().st_size if p.exists() else 0
+            damaged.append((p, first if size == 0 else f"{size} bytes; {first}"))
             continue
         readable.append(((step, p.stat().st_mtime_ns), p))
     readable.sort(key=lambda x: x[0], reverse=True)

@@ -257,8 +257,10 @@ def test_a_logger_inside_the_run_keeps_checkpoints_in_the_run(tmp_path):
 
 def test_block_size_20000_is_refused_within_seconds(tmp_path, capsys):
     t = time.perf_counter()
+    # 1 layer: 23,648 rotated coordinates, blocks 20000 + 3648 = 3.1 GiB, under the 4 GiB rule
     err = refused(capsys, "fit", *TINY, "--model.init_args.rotation.scope", "global",
-                  "--model.init_args.rotation.block_size", "20000",
+                  "--model.init_args.n_layer", "1", "--model.init_args.rotation.block_size",
+                  "20000",
                   "--trainer.default_root_dir", str(tmp_path / "run"))
     took = time.perf_counter() - t
     assert "rotation.block_size=20000" in err and "at most 120 s" in err, err

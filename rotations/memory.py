@@ -63,11 +63,14 @@ def optimizer_bytes(opt) -> dict:
     """
     base = [t for st in opt.base.state.values() for t in st.values()
             if isinstance(t, torch.Tensor)]
-    shadow = [b.buffer for b in opt._buckets]
+    buckets = getattr(opt, "buckets", None)
+    if buckets is None:                    # older engines (benchmarks --baseline)
+        buckets = opt._buckets
+    shadow = [b.buffer for b in buckets]
     skip = ("buffer", "shadows", "views", "config", "_rotate", "_unrotate")
     rot: list = []
     seen: set = set()
-    for b in opt._buckets:
+    for b in buckets:
         _walk(b, seen, rot, skip)
     for u in opt.plan.units:
         _walk(u, seen, rot, skip)

@@ -15,7 +15,7 @@ from adamrot.cli import ConfigError
 from adamrot.runs import DirLock, LockedError
 from adamrot.sweep.index import (EXIT_PREEMPTED, INDEX_JSON, LOCK_NAME, STATUSES, Sweep,
                                  ckpt_file, fmt_dur, latest_step, load_index, merge_index,
-                                 plan_action)
+                                 plan_action, resume_checkpoint)
 from adamrot.sweep.options import LaunchOptions, device_slots, resolve_launch
 from adamrot.sweep.pool import Terminated, Todo, run_pool
 from adamrot.sweep.spec import (RunSpec, SweepConfigError, SweepSpec, build_command, expand_runs,
@@ -55,7 +55,7 @@ def dry_run(spec: SweepSpec, sw: Sweep, opts: LaunchOptions, only_failed: bool) 
         e = sw.entries[r.name]
         act = plan_action(e, str(sw.run_dir(r)), only_failed)
         counts[act] = counts.get(act, 0) + 1
-        ck = ckpt_file(sw.run_dir(r)) if act == "resume" and opts.launcher == "process" else None
+        ck = resume_checkpoint(sw.run_dir(r)) if act == "resume" and opts.launcher == "process" else None
         cmd = build_command(spec, r, str(sw.run_dir(r)), ck, extra=opts.trainer_args())
         _say(f"[{i}/{n}] {r.name}  status={e['status']}  action={act}\n    {shlex.join(cmd)}")
     _say("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))

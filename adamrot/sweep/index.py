@@ -156,15 +156,10 @@ def archive_dir(out_dir: Path, run_dir: Path, name: str) -> Path | None:
 
 
 def resume_checkpoint(run_dir: str | os.PathLike) -> str | None:
-    """``last.ckpt`` of the run if there is one; its ``config.yaml`` then becomes
-    ``config.prev.yaml`` (the resumed run writes its own)."""
+    """``last.ckpt`` of the run if there is one (``fit`` verifies it and refuses a damaged
+    one, exit 2). ``config.yaml`` stays: a run keeps its starting config (docs/RUNS.md)."""
     ck = ckpt_file(run_dir)
-    if not os.path.isfile(ck):
-        return None
-    cfg = Path(run_dir) / "config.yaml"
-    if cfg.exists():
-        os.replace(cfg, cfg.with_name("config.prev.yaml"))
-    return ck
+    return ck if os.path.isfile(ck) else None
 
 
 def prepare_run(out_dir: Path, run: RunSpec, action: str, say) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import submitit
 from submitit.helpers import Checkpointable
 
-from adamrot.sweep.index import (EXIT_PREEMPTED, LOG_NAME, now, resume_checkpoint, ckpt_file,
+from adamrot.sweep.index import (EXIT_PREEMPTED, LOG_NAME, now, resume_checkpoint,
                                  read_job_record, write_job_record)
 
 #: seconds the trainer gets to save its checkpoint after SIGTERM
@@ -53,8 +53,7 @@ class RunJob(Checkpointable):
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         before_s = 0.0
-        ck = resume_checkpoint(run_dir) if rank == 0 else (
-            ckpt_file(run_dir) if os.path.isfile(ckpt_file(run_dir)) else None)
+        ck = resume_checkpoint(run_dir)
         cmd = self.cmd + (["--ckpt_path", ck] if ck else [])
         log_path = run_dir / (LOG_NAME if rank == 0 else f"run.rank{rank}.log")
         if rank == 0:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..layout import LayerView
+from ..memory import check_sampling
 from ..sampling import block_structure
 from .base import Bucket, Unit
 from .svd import SVDUnit
@@ -103,6 +104,7 @@ def check_block_size(views: list[LayerView], config: "RotationConfig") -> None:
             f"would need {total / 2**30:.1f} GiB (largest {worst[0]} x {worst[0]}, "
             f"{worst[1]!r}); at most {MAX_BLOCK_BYTES / 2**30:.0f} GiB. Use a smaller "
             "block_size (the paper uses 768).")
+    check_sampling(rotated_dims(views, config), config.block_size)   # time and host memory
 
 
 def build_buckets(units: list[Unit], device=None) -> list[Bucket]:

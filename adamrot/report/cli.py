@@ -26,12 +26,16 @@ def definition_text(s: Summary) -> str:
     return (f"Final values: the last logged value per seed, mean ± half-width of the 95% "
             f"Student-t interval over seeds ('1 seed': no interval). Δ vs baseline: difference "
             f"of the final {s.metric}, paired t over seeds when both labels ran the same seeds, "
-            f"else Welch. Slowdown: smooth each {s.metric} curve with a trailing mean over "
-            f"K={s.smooth} eval points and average the seeds at their common steps; L* = the "
-            f"baseline's final smoothed seed-mean value; steps = first step with curve {cmp} "
-            f"L*; slowdown = steps_label / steps_baseline - 1. Equivalent slowdown = T / "
-            f"(first step at which the baseline reached the label's final value) - 1. "
-            f"Brackets: 95% percentile bootstrap over the seeds of both labels. "
+            f"else Welch; p (Holm): two-sided p and Holm's adjustment over every Δ of this "
+            f"table; 'n seeds for 80 % power': noncentral t at the observed Δ and spread. "
+            f"Slowdown: trailing mean over K={s.smooth} eval points; first-passage times "
+            f"(first crossing {cmp} the target) interpolated linearly between eval points; L* "
+            f"= the baseline's final smoothed value; slowdown = t_label(L*) / t_base(L*) - 1; "
+            f"equivalent = T / t_base(label's final) - 1. Same seeds on both sides: per seed "
+            f"(paired), mean with 95% t interval over seeds, 'never reached / beyond baseline "
+            f"(k/n seeds)' when k seeds have no finite value; L* and 'steps to L*' are those "
+            f"of the seed-mean curves. Otherwise seed-mean curves with a 95% percentile "
+            f"bootstrap over the seeds of both labels. "
             f"† on a value = the run stopped before trainer.max_steps (value mid-curve); "
             f"† in a label = hyper-parameters changed mid-run (the change and its step follow; "
             f"the label is the run's starting config). Copies of one run (same run id in "
@@ -42,10 +46,11 @@ def write_report(runs: Sequence[RunData], out_dir: str | Path, *,
                  label_keys: Sequence[str] | None = None, group_keys: Sequence[str] = (),
                  baseline: str | None = None, smooth: int = 1, train_smooth: int | None = None,
                  metric: str = VAL_LOSS, mode: str | None = None,
-                 sources: Sequence[str] = (), stream=None) -> Summary:
+                 sources: Sequence[str] = (), stream=None,
+                 margin: float | None = None) -> Summary:
     """Compute everything, write the files, print the tables to ``stream``."""
     out = Path(out_dir)
-    s = summarize(runs, label_keys, group_keys, baseline, smooth, metric, mode)
+    s = summarize(runs, label_keys, group_keys, baseline, smooth, metric, mode, margin=margin)
     bl = best_lr_table(runs, s.label_keys, s.group_keys, metric, mode)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -125,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-smooth", type=int, default=None, metavar="K",
                    help="smoothing of the train-loss panel (default: --smooth)")
     p.add_argument("--metric", default=VAL_LOSS, help="metric for slowdown / Δ / best lr")
+    p.add_argument("--margin", type=float, default=None, metavar="DELTA",
+                   help="equivalence margin: add a TOST column (|Δ| < DELTA); our choice, "
+                        "none by default")
     p.add_argument("--mode", choices=("min", "max"), default=None,
                    help="whether lower or higher metric is better (default: max iff 'acc' in name)")
     return p
@@ -144,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_report(runs, args.out, label_keys=_keys_arg(args.label_keys),
                          group_keys=_keys_arg(args.group_keys) or (), baseline=args.baseline,
                          smooth=args.smooth, train_smooth=args.train_smooth,
-                         metric=args.metric, mode=args.mode,
+                         metric=args.metric, mode=args.mode, margin=args.margin,
                          sources=[str(p) for p in args.paths])
     except ReportError as e:
         print(f"adamrot: error: {e}", file=sys.stderr)

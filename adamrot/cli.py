@@ -16,6 +16,9 @@ import os
 import sys
 from typing import Optional
 
+from adamrot.errors import ConfigError, rank_label, refuse  # noqa: F401
+from callbacks.exits import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_PREEMPTED  # noqa: F401
+
 SUBTOOLS = {
     "sweep": "adamrot.sweep",
     "report": "adamrot.report",
@@ -36,29 +39,6 @@ TOOL_HELP = {
     "preflight": "batch, tokens, epochs, memory, cost and data mixing of a run before it runs",
 }
 
-EXIT_CONFIG_ERROR = 2
-EXIT_NONFINITE = 3
-EXIT_PREEMPTED = 143
-
-
-class ConfigError(ValueError):
-    """Input refused before anything was written (exit status 2)."""
-
-
-def refuse(message: str) -> "NoReturn":  # noqa: F821
-    """Print ``adamrot: error: MESSAGE`` and exit with status 2."""
-    sys.stderr.write(f"adamrot: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_CONFIG_ERROR)
-
-
-def rank_label() -> Optional[str]:
-    """The rank of this process when it is not the one that launched the run (a DDP rank > 0
-    started by Lightning, torchrun or SLURM), else None."""
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"):
-        if os.environ.get(key, "0") != "0":
-            return os.environ[key]
-    return None
 
 
 def usage() -> str:

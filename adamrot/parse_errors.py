@@ -8,7 +8,7 @@ from typing import Optional
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from adamrot.cli import EXIT_CONFIG_ERROR
+from callbacks.exits import EXIT_CONFIG_ERROR
 
 
 def summarize_parse_error(message: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from adamrot.cli import ConfigError
+from adamrot.errors import ConfigError
 from callbacks.checkpoint_io import RUN_STATE_KEY, load_checkpoint, scan_checkpoints
 
 #: keys (``init_args`` left out) that may change on resume and are applied from the next step

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 
-from adamrot.cli import ConfigError
+from adamrot.errors import ConfigError
 from adamrot.resume import ResumeRecord
 from adamrot.runs import atomic_write, create_run_record
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from callbacks.files import atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
+from callbacks.exits import EXIT_PEER_LOST  # noqa: F401
 
 __all__ = ["canon", "pid_alive", "hostname", "DirLock", "LockedError", "atomic_write",
            "atomic_torch_save", "exit_with_launcher", "create_run_record", "read_run_record",
            "RUN_FILE", "EXIT_PEER_LOST", "LAUNCHER_ENV"]
 
 #: exit status of a DDP rank that lost its launcher (the process that started it died)
-EXIT_PEER_LOST = 4
 #: environment variable with the pid of the process that launched the ranks of a run
 LAUNCHER_ENV = "ADAMROT_LAUNCHER_PID"
 

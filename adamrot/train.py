@@ -23,7 +23,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from adamrot import resume as rs
 from adamrot.checks import check_optimizer
-from adamrot.cli import EXIT_NONFINITE, ConfigError, rank_label, refuse
+from adamrot.errors import ConfigError, rank_label, refuse
+from callbacks.exits import EXIT_INTERRUPTED, EXIT_NONFINITE
 from adamrot.parse_errors import AdamrotParser, summarize_parse_error
 from adamrot.rundir import RunConfig, confine, inside, remove_new, snapshot
 from adamrot.runs import DirLock, LockedError
@@ -43,7 +44,6 @@ SETUP_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryErro
 #: write failures of the run directory (read-only, full): exit 2 whenever they happen
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 #: exit status of ``fit`` stopped by Ctrl-C (128 + SIGINT): the last saved checkpoint is intact
-EXIT_INTERRUPTED = 130
 
 
 def _launcher() -> bool:

@@ -13,11 +13,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from callbacks.checkpoint_io import last_checkpoint_path
+from callbacks.exits import EXIT_PREEMPTED
 
 __all__ = ["PreemptionCheckpoint", "EXIT_PREEMPTED"]
 
 #: exit status of a run stopped by SIGTERM after saving ``last.ckpt`` (128 + SIGTERM)
-EXIT_PREEMPTED = 128 + signal.SIGTERM
 
 
 class PreemptionCheckpoint(Callback):

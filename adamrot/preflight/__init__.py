@@ -37,7 +37,7 @@ def own_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from adamrot.cli import ConfigError, refuse
+    from adamrot.errors import ConfigError, refuse
 
     args = list(sys.argv[1:] if argv is None else argv)
     ours, rest = own_parser().parse_known_args(args)

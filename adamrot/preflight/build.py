@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from adamrot.cli import ConfigError
+from adamrot.errors import ConfigError
 from adamrot.parse_errors import summarize_parse_error
 from adamrot.train import AdamrotCLI
 

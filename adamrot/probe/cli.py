@@ -1,17 +1,31 @@
-"""Command line of ``adamrot probe``: arguments, exit statuses (0 done; 2 bad input or a
-write that failed (full disk, permissions), with one ``adamrot: error:`` line; 130
-interrupted; partial results are kept after a failed write or an interruption)."""
+"""``adamrot probe RUN_DIR|CKPT``: the rotation-dependent quantities of paper Sec. 4 measured at
+a checkpoint, in the rotated space it was trained in (definitions: docs/CONVENTIONS.md §6).
+
+Loads the model, data and rotation of the run (:mod:`.loading`), then computes the gradient
+bound of Alg. 1 over ``--batches`` batches, ``--hessian-rows`` Hessian rows averaged over
+``--hessian-batches`` batches (:mod:`.rows`: rows sampled round-robin over ``--row-types``;
+their I_N / I_L / I_¬L blocks and contributions along ``--random-directions`` random and Adam's
+update direction), ``‖H‖_(1,1)/d`` with a Cauchy cross-check, and 95 % intervals with the rows
+and directions the Table 1 and Fig. 8 claims need (:mod:`.summary`). Writes ``OUT/probe.json``
+and figures (``OUT`` = ``RUN_DIR/probe`` by default). Every finished unit of work is saved
+(:mod:`.run`): rerunning the same command resumes; Ctrl-C exits 130 after saving.
+
+Exit statuses: 0 done; 2 bad input or a write that failed (full disk, permissions), with one
+``adamrot: error:`` line; 130 interrupted; partial results are kept after a failed write or an
+interruption.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional
 
+from callbacks.exits import EXIT_CONFIG_ERROR as EXIT_BAD_INPUT, EXIT_INTERRUPTED
+
 from .loading import ProbeError
 from .run import run_probe
 from .summary import print_summary
 
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
 
 def _count(minimum: int):
@@ -34,9 +48,7 @@ def _cauchy(s: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __doc__ as doc
-
-    p = argparse.ArgumentParser(prog="adamrot probe", description=doc,
+    p = argparse.ArgumentParser(prog="adamrot probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="run directory (with config.yaml) or a checkpoint file")
     p.add_argument("--ckpt", help="checkpoint (default RUN_DIR/checkpoints/last.ckpt)")

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from adamrot.cli import ConfigError
+from adamrot.errors import ConfigError
 from adamrot.runs import DirLock, LockedError
 from adamrot.sweep.index import (EXIT_PREEMPTED, INDEX_JSON, LOCK_NAME, STATUSES, Sweep,
                                  ckpt_file, fmt_dur, latest_step, load_index, merge_index,
@@ -21,8 +21,8 @@ from adamrot.sweep.pool import Terminated, Todo, run_pool
 from adamrot.sweep.spec import (RunSpec, SweepConfigError, SweepSpec, build_command, expand_runs,
                                 load_spec)
 from adamrot.sweep.world import keep_global_batch
+from callbacks.exits import EXIT_INTERRUPTED
 
-EXIT_INTERRUPTED = 130
 
 
 def _say(msg: str) -> None:

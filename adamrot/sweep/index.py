@@ -16,6 +16,7 @@ from typing import Any
 
 from adamrot.runs import atomic_write, canon
 from adamrot.sweep.spec import RunSpec, SweepSpec, default_command
+from callbacks.exits import EXIT_PREEMPTED  # noqa: F401
 
 #: ``queued``: submitted to a job scheduler, not started yet
 STATUSES = ("pending", "queued", "running", "finished", "failed", "interrupted")
@@ -26,9 +27,6 @@ INDEX_CSV = "index.csv"
 ATTEMPTS_DIR = ".attempts"
 LOCK_NAME = ".sweep.lock"
 LOG_TAIL_LINES = 30
-#: ``adamrot fit`` stopped by SIGTERM after saving ``last.ckpt`` (see adamrot.cli)
-EXIT_PREEMPTED = 143
-
 
 def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")

@@ -1,6 +1,7 @@
 """Lightning callbacks: measurements in rotated spaces (docs/CONVENTIONS.md §5–6) and the
 reliability of a run (docs/RUNS.md). Imported lazily, so that ``callbacks.files`` can be used
-without loading Lightning."""
+without loading Lightning; ``exits`` holds every exit status of the command. May import
+``rotations`` only."""
 import importlib
 
 _LAZY = {

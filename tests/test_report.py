@@ -245,6 +245,13 @@ def test_best_lr_pure_and_partner_baselines():
     assert "| AdamW | scope=none | 0.003 | 2.7500 ± 3.1766 | 2 | 0.001, 0.003, 0.01 |  |" in md
     assert ("| SGD | scope=none | not interior (0.1 at the edge) | 3.5000 ± 0.0000 | 2 | 0.1, 0.3 "
             "| edge optimum: extend the grid below, e.g. add lr 0.0333 |") in md
+    # a setting left with one lr (the others killed or missing) is not called "best"
+    one = rp.best_lr_table([x for x in runs if not (x.config["model.optimizer.class_path"]
+                                                      == "torch.optim.SGD" and
+                                                      x.config["model.optimizer.init_args.lr"]
+                                                      == 0.3)], s.label_keys)
+    md1 = rp.best_lr_markdown(one)
+    assert "| SGD | scope=none | not compared (0.1 only) |" in md1 and "no best lr" in md1
     # one lr per optimizer only -> no table
     assert rp.best_lr_table([x for x in runs if x.config["model.optimizer.init_args.lr"]
                              in (1e-3, 0.1)], s.label_keys) is None

@@ -510,7 +510,10 @@ def best_lr_markdown(b: BestLR) -> str:
     lines = [md_row(head), md_row(["---"] * len(head))]
     for r in b.rows:
         lr = value_label(r["best_lr"])
-        if r["at_edge"]:
+        if ";" not in r["lrs_tried"]:       # one lr in this setting (others missing or killed)
+            best = f"not compared ({lr} only)"
+            note = "one lr tried in this setting: no best lr (run the other grid points)"
+        elif r["at_edge"]:
             side = "below" if r["extend_with"] < r["best_lr"] else "above"
             best = f"not interior ({lr} at the edge)"
             note = f"edge optimum: extend the grid {side}, e.g. add lr {value_label(r['extend_with'])}"

@@ -1,9 +1,11 @@
 """The command's runtime basics, imported by every subcommand (never the dispatcher
 :mod:`adamrot.cli`, so nothing imports in a circle): refused input (:class:`ConfigError`,
-:func:`refuse`) and which process this is (:func:`rank_label`). Exit statuses:
+:func:`refuse`) and which process this is (:func:`rank_label`), and the one line for a write the storage refused
+(:func:`storage_error`). Exit statuses:
 :mod:`callbacks.exits`."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import NoReturn, Optional
@@ -29,3 +31,16 @@ def rank_label() -> Optional[str]:
         if os.environ.get(key, "0") != "0":
             return os.environ[key]
     return None
+
+
+#: errno values that mean "the storage refused the write" (not a bug of ours)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def storage_error(e: BaseException) -> Optional[str]:
+    """The one-line message for a write the storage refused (disk full, quota, permissions,
+    read-only filesystem), naming the file; None for any other error (which is re-raised)."""
+    if not isinstance(e, OSError) or e.errno not in STORAGE_ERRNOS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror or os.strerror(e.errno)}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from adamrot.errors import storage_error
+
 TEXT_SOURCES = ("embedded", "local", "hub")
 IMAGE_SOURCES = ("imagefolder", "imagenet-parquet")
 
@@ -54,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepared: {out}\ntrain with: --data.init_args.prepared {out}")
     except (ValueError, FileNotFoundError) as e:
         print(f"adamrot: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                 # disk full, quota, permissions: one line, exit 2
+        msg = storage_error(e)
+        if msg is None:
+            raise
+        print(f"adamrot: error: {msg}; the preparation stopped (re-run the same command once "
+              "there is room: an interrupted preparation is redone)", file=sys.stderr)
         return 2
     return 0
 

@@ -48,7 +48,10 @@ def test_every_tune_run_parses(monkeypatch):
     for path in files:
         spec = sweep_mod.load_spec(str(path.relative_to(ROOT)))
         runs = sweep_mod.expand_runs(spec)
-        assert len(runs) == len(make_sweeps.LRS) * len(spec.grid["model.init_args.rotation.scope"])
+        assert len(runs) == (len(spec.grid["model.init_args.optimizer.init_args.lr"])
+                             * len(spec.grid["model.init_args.rotation.scope"]))
+        assert spec.grid["model.init_args.optimizer.init_args.lr"] == make_sweeps.lrs(
+            spec.fixed["model.init_args.n_embd"])
         for run in runs:
             cmd = sweep_mod.build_command(spec, run, "runs/scaling/_test")
             cfg = parser.parse_args(cmd[cmd.index("--config"):])

@@ -15,11 +15,11 @@ vary the initialisation, the rotation and the data order together (``rotation.se
 Each point is run in two stages, each an ``adamrot sweep`` file this script writes:
 
 1. ``tune``: seed 0, every scope at lr ∈ {1e-3, 3e-3, 1e-2} (half-decades around the twin's
-   3e-3); ``python configs/scaling/make_sweeps.py tune`` writes ``configs/scaling/tune/*.sweep.yaml``.
+   3e-3; width 32 also 3e-2 and 1e-1); ``python configs/scaling/make_sweeps.py tune`` writes ``configs/scaling/tune/*.sweep.yaml``.
 2. ``seeds``: seeds 1 and 2 at each scope's best tuned lr (final validation loss);
    ``python configs/scaling/make_sweeps.py seeds`` reads the finished tune runs and writes
    ``configs/scaling/seeds/*.sweep.yaml``; it refuses a point whose best lr is at an edge of
-   the grid (extend ``LRS`` and tune again).
+   the grid (extend ``LRS`` / ``LRS_SMALL`` and tune again).
 
 ``bash configs/scaling/run.sh`` runs both stages (resumable).
 """
@@ -38,6 +38,9 @@ BASE = "configs/paper/cpu/gpt2_tiny.yaml"
 VOCAB, CONTEXT, BATCH = 320, 64, 16
 TOKENS_PER_STEP = CONTEXT * BATCH
 LRS = [1.0e-3, 3.0e-3, 1.0e-2]
+#: width 32 adds 3e-2 and 1e-1: its first tune runs (2026-12-08) put the best lr of several
+#: scopes at 1e-2, then at 3e-2
+LRS_SMALL = LRS + [3.0e-2, 1.0e-1]
 #: scopes per point: global against none everywhere, output-wise and svd where cheap (width 32)
 SCOPES_SMALL = ["none", "global", "outputwise", "svd"]
 SCOPES_LARGE = ["none", "global"]
@@ -56,6 +59,10 @@ def parameters(width: int, layers: int) -> int:
 
 def scopes(width: int) -> list[str]:
     return SCOPES_SMALL if width <= 32 else SCOPES_LARGE
+
+
+def lrs(width: int) -> list[float]:
+    return LRS_SMALL if width <= 32 else LRS
 
 
 def point_name(width: int, layers: int, tpp: int) -> str:
@@ -90,7 +97,7 @@ def tune() -> list[Path]:
         body = {"name": f"scaling_tune_{name}", "out_dir": f"runs/scaling/tune/{name}",
                 "configs": [BASE], "fixed": dict(f, seed_everything=0),
                 "grid": {"model.init_args.rotation.scope": scopes(w),
-                         "model.init_args.optimizer.init_args.lr": LRS},
+                         "model.init_args.optimizer.init_args.lr": lrs(w)},
                 "launch": {"jobs": 2}}
         head = (f"# Scaling series, stage 1 (tune), width {w}, {l} layers, {tpp} tokens/param: "
                 f"{parameters(w, l):,} parameters, {f['trainer.max_steps']} steps.\n"
@@ -99,7 +106,7 @@ def tune() -> list[Path]:
     return paths
 
 
-def best_lrs(name: str, want: list[str]) -> dict[str, float]:
+def best_lrs(name: str, want: list[str], grid: list[float]) -> dict[str, float]:
     """Each scope's lr with the lowest final validation loss among the point's tune runs."""
     from adamrot.report.events import load_runs
     from adamrot.report.tables import final_value
@@ -118,12 +125,12 @@ def best_lrs(name: str, want: list[str]) -> dict[str, float]:
         found += 1
         if scope not in best or loss < best[scope][1]:
             best[scope] = (float(lr), loss)
-    if found < len(want) * len(LRS):
-        raise SystemExit(f"{root}: {found} of {len(want) * len(LRS)} tune runs finished; "
+    if found < len(want) * len(grid):
+        raise SystemExit(f"{root}: {found} of {len(want) * len(grid)} tune runs finished; "
                          f"run configs/scaling/tune/{name}.sweep.yaml first")
-    edge = [s for s, (lr, _) in best.items() if lr in (min(LRS), max(LRS))]
+    edge = [s for s, (lr, _) in best.items() if lr in (min(grid), max(grid))]
     if edge:
-        raise SystemExit(f"{name}: best lr at the edge of {LRS} for {edge}: extend LRS and tune "
+        raise SystemExit(f"{name}: best lr at the edge of {grid} for {edge}: extend the grid and tune "
                          "again (the optimum must be interior)")
     return {s: lr for s, (lr, _) in best.items()}
 
@@ -132,10 +139,10 @@ def seeds() -> list[Path]:
     paths = []
     for w, l, h, tpp in POINTS:
         name = point_name(w, l, tpp)
-        lrs = best_lrs(name, scopes(w))
-        runs = [{"name": f"scope={s}_lr={lrs[s]:g}_seed={seed}",
+        best = best_lrs(name, scopes(w), lrs(w))
+        runs = [{"name": f"scope={s}_lr={best[s]:g}_seed={seed}",
                  "model.init_args.rotation.scope": s,
-                 "model.init_args.optimizer.init_args.lr": lrs[s], "seed_everything": seed}
+                 "model.init_args.optimizer.init_args.lr": best[s], "seed_everything": seed}
                 for seed in SEEDS for s in scopes(w)]
         body = {"name": f"scaling_seeds_{name}", "out_dir": f"runs/scaling/seeds/{name}",
                 "configs": [BASE], "fixed": fixed(w, l, h, tpp), "runs": runs,

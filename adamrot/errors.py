@@ -44,3 +44,14 @@ def storage_error(e: BaseException) -> Optional[str]:
         return None
     where = f" {e.filename}" if e.filename else ""
     return f"cannot write{where}: {e.strerror or os.strerror(e.errno)}"
+
+
+def refused_write(e: OSError, after: str) -> int:
+    """For a command's ``except OSError``: print the one line of a write the storage refused,
+    followed by ``after`` (what happens now), and return exit status 2; re-raise any other
+    error."""
+    msg = storage_error(e)
+    if msg is None:
+        raise e
+    sys.stderr.write(f"adamrot: error: {msg}; {after}\n")
+    return EXIT_CONFIG_ERROR

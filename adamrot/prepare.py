@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamrot.errors import storage_error
+from adamrot.errors import refused_write
 
 TEXT_SOURCES = ("embedded", "local", "hub")
 IMAGE_SOURCES = ("imagefolder", "imagenet-parquet")
@@ -58,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamrot: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:                 # disk full, quota, permissions: one line, exit 2
-        msg = storage_error(e)
-        if msg is None:
-            raise
-        print(f"adamrot: error: {msg}; the preparation stopped (re-run the same command once "
-              "there is room: an interrupted preparation is redone)", file=sys.stderr)
-        return 2
+        return refused_write(e, "the preparation stopped (re-run the same command once there "
+                                "is room: an interrupted preparation is redone)")
     return 0
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from adamrot.report import stats
+from adamrot.report import significance, stats
 
 STEPS = np.array([0, 100, 200, 300])
 
@@ -94,37 +94,37 @@ def test_p_values_match_the_closed_form_t_distributions():
 
 
 def test_holm_step_down():
-    got = stats.holm([0.01, 0.04, 0.03, 0.005, None])
+    got = significance.holm([0.01, 0.04, 0.03, 0.005, None])
     # sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 -> max(0.06, 0.04) = 0.06
     assert got[:4] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06),
                        pytest.approx(0.02)]
     assert got[4] is None
-    assert stats.holm([0.6, 0.9]) == [1.0, 1.0]                  # capped at 1
-    assert stats.holm([]) == []
+    assert significance.holm([0.6, 0.9]) == [1.0, 1.0]                  # capped at 1
+    assert significance.holm([]) == []
 
 
 def test_tost_is_two_one_sided_t_tests():
     d = stats.diff_ci([0.1, 0.2, 0.3], [0.0, 0.0, 0.0], paired=True)   # 0.2, se 0.1/sqrt 3
     se = 0.1 / math.sqrt(3)
-    e = stats.tost(d, 0.5)
+    e = significance.tost(d, 0.5)
     assert e.p == pytest.approx(t_sf_df2(0.3 / se), rel=1e-9) and e.equivalent
     h = t_q_df2(0.95) * se                                            # the 90 % interval
     assert (e.lo, e.hi) == (pytest.approx(0.2 - h, rel=1e-9), pytest.approx(0.2 + h, rel=1e-9))
     # a margin inside the interval's reach is not shown
-    e = stats.tost(d, 0.25)
+    e = significance.tost(d, 0.25)
     assert e.p == pytest.approx(t_sf_df2(0.05 / se), rel=1e-9) and not e.equivalent
-    assert stats.tost(stats.mean_ci([1.0]), 0.1) is None
+    assert significance.tost(stats.mean_ci([1.0]), 0.1) is None
 
 
 def test_seeds_for_power_matches_published_sample_sizes():
     # paired / one-sample t test, alpha 0.05 two-sided, 80 % power (Cohen 1988; G*Power):
     # effect size 1.0 -> 10 pairs, 0.5 -> 34 pairs
-    assert stats.seeds_for_power(1.0, 1.0) == 10
-    assert stats.seeds_for_power(-0.5, 1.0) == 34
+    assert significance.seeds_for_power(1.0, 1.0) == 10
+    assert significance.seeds_for_power(-0.5, 1.0) == 34
     # two independent groups, effect size 1.0 -> 17 per group; 0.5 -> 64 per group
-    assert stats.seeds_for_power(1.0, 1.0, sd_b=1.0) == 17
-    assert stats.seeds_for_power(0.5, 1.0, sd_b=1.0) == 64
-    assert stats.seeds_for_power(0.0, 1.0) is None and stats.seeds_for_power(1.0, None) is None
+    assert significance.seeds_for_power(1.0, 1.0, sd_b=1.0) == 17
+    assert significance.seeds_for_power(0.5, 1.0, sd_b=1.0) == 64
+    assert significance.seeds_for_power(0.0, 1.0) is None and significance.seeds_for_power(1.0, None) is None
 
 
 def test_power_and_tost_power_against_monte_carlo():
@@ -134,13 +134,13 @@ def test_power_and_tost_power_against_monte_carlo():
     m, se = x.mean(1), x.std(1, ddof=1) / math.sqrt(n)
     t975 = stats.t_quantile(0.975, n - 1)
     mc = float(np.mean(np.abs(m / se) > t975))
-    assert stats.t_test_power(gap, sd, n) == pytest.approx(mc, abs=0.01)
+    assert significance.t_test_power(gap, sd, n) == pytest.approx(mc, abs=0.01)
     x = rng.normal(0.1, 0.5, size=(sims, 8))
     m, se = x.mean(1), x.std(1, ddof=1) / math.sqrt(8)
     t95 = stats.t_quantile(0.95, 7)
     mc = float(np.mean(((m + 0.5) / se > t95) & ((0.5 - m) / se > t95)))
-    assert stats.tost_power(0.1, 0.5, 0.5, 8) == pytest.approx(mc, abs=0.01)
+    assert significance.tost_power(0.1, 0.5, 0.5, 8) == pytest.approx(mc, abs=0.01)
     # the seeds TOST needs: power crosses 80 % there and not one seed earlier
-    k = stats.seeds_for_equivalence(0.1, 0.5, 0.5)
-    assert stats.tost_power(0.1, 0.5, 0.5, k) >= 0.8 > stats.tost_power(0.1, 0.5, 0.5, k - 1)
-    assert stats.seeds_for_equivalence(0.6, 0.5, 0.5) is None     # |Δ| beyond the margin
+    k = significance.seeds_for_equivalence(0.1, 0.5, 0.5)
+    assert significance.tost_power(0.1, 0.5, 0.5, k) >= 0.8 > significance.tost_power(0.1, 0.5, 0.5, k - 1)
+    assert significance.seeds_for_equivalence(0.6, 0.5, 0.5) is None     # |Δ| beyond the margin

@@ -6,7 +6,8 @@
 
 Writes ``summary.md`` / ``summary.csv``, ``loss_curves*.png`` and, for lr sweeps,
 ``best_lr.md`` / ``best_lr.csv``. Modules: ``events`` (reading runs), ``labels`` (which runs
-are seeds of one label), ``stats`` (intervals, slowdown), ``tables``, ``plots``, ``cli``.
+are seeds of one label), ``stats`` (intervals, slowdown), ``significance`` (Holm, TOST, power), ``tables``,
+``best_lr``, ``plots``, ``cli``.
 Definitions: docs/CONVENTIONS.md §6; how to read the tables: docs/REPRODUCE.md.
 """
 from .cli import build_parser, definition_text, main, write_report
@@ -18,8 +19,8 @@ from .labels import (LabelGroup, assign_baselines, auto_label_keys, config_value
 from .stats import (Interval, Slowdown, StatsError, bootstrap_ci, compute_slowdown, diff_ci,
                     first_reach, last_fraction_improvement, mean_ci, seed_average, t_quantile,
                     trailing_mean)
-from .tables import (TRAIN_LOSS, VAL_ACC1, VAL_LOSS, BestLR, Summary, best_lr_markdown,
-                     best_lr_table, compare, final_value, find_lr_key, next_grid_point, summarize,
+from .best_lr import BestLR, best_lr_markdown, best_lr_table, find_lr_key, next_grid_point
+from .tables import (TRAIN_LOSS, VAL_ACC1, VAL_LOSS, Summary, compare, final_value, summarize,
                      summary_markdown)
 
 __all__ = [

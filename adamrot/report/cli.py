@@ -13,7 +13,8 @@ from adamrot.runs import atomic_write
 from .events import ReportError, RunData, load_runs
 from .labels import LabelGroup, metric_mode
 from .plots import plot_group
-from .tables import (VAL_LOSS, Summary, best_lr_markdown, best_lr_table, csv_text,
+from .best_lr import best_lr_markdown, best_lr_table
+from .tables import (VAL_LOSS, Summary, csv_text,
                      summarize, summary_markdown)
 
 

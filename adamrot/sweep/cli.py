@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from adamrot.errors import ConfigError, storage_error
+from adamrot.errors import ConfigError, refused_write
 from adamrot.runs import DirLock, LockedError
 from adamrot.sweep.index import (EXIT_PREEMPTED, INDEX_JSON, LOCK_NAME, STATUSES, Sweep,
                                  ckpt_file, fmt_dur, latest_step, load_index, merge_index,
@@ -255,12 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adamrot: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:               # disk full, quota, permissions: one line, exit 2
-        msg = storage_error(e)
-        if msg is None:
-            raise
-        print(f"adamrot: error: {msg}; the sweep stopped (run the same command to resume)",
-              file=sys.stderr)
-        return 2
+        return refused_write(e, "the sweep stopped (run the same command to resume)")
     except Terminated:
         print("adamrot sweep: stopped by SIGTERM; the index is saved and the local runs were "
               "stopped with SIGTERM (each saves its last.ckpt). Run the same command to resume.",

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from adamrot import report as rp
-from adamrot.report import stats as st
+from adamrot.report import significance
 from adamrot.report.tables import (Comparison, add_equivalence, compare_detail, csv_text, md_row,
                                    p_text, pm, seeds_text, tost_text)
 from adamrot.runs import atomic_write
@@ -421,7 +421,7 @@ def _log_ratio_cells(tests: list[list[float]], alpha: float = 0.05) -> list[tupl
     tests of the table: larger / **smaller** / unresolved (rows for 80 % power at the
     Bonferroni level of the table)."""
     ivs = [rp.mean_ci(xs) for xs in tests]
-    adj = st.holm([iv.p for iv in ivs])
+    adj = significance.holm([iv.p for iv in ivs])
     m = sum(a is not None for a in adj)
     out = []
     for xs, iv, a in zip(tests, ivs, adj):
@@ -433,7 +433,7 @@ def _log_ratio_cells(tests: list[list[float]], alpha: float = 0.05) -> list[tupl
             out.append((cell, ("larger" if iv.value > 0 else "**smaller**")
                         + f" (p Holm {p_text(a)})"))
             continue
-        need = st.seeds_for_power(iv.value, float(np.std(xs, ddof=1)), level=1 - alpha / m)
+        need = significance.seeds_for_power(iv.value, float(np.std(xs, ddof=1)), level=1 - alpha / m)
         out.append((cell, f"unresolved (p Holm {p_text(a)}" +
                      (f"; {need} rows for 80 % power)" if need else ")")))
     return out
@@ -544,11 +544,11 @@ def holm_block(alpha: float = 0.05) -> str:
     adjusted by Holm among themselves: what the verdicts are judged on."""
     if not FAMILY:
         return NOT_RUN
-    adj = st.holm([d["iv"].p for d in FAMILY])
+    adj = significance.holm([d["iv"].p for d in FAMILY])
     m = len(FAMILY)
     claims = [d for d in FAMILY if d["claim"]]
     k = len(claims)
-    tadj = dict(zip(map(id, claims), st.holm([d["tost"].p for d in claims])))
+    tadj = dict(zip(map(id, claims), significance.holm([d["tost"].p for d in claims])))
     lines = ["| block | difference | seeds | Δ ± 95 % | p | p Holm (all "
              f"{m}) | Δ ≠ 0 after Holm | equivalent within the margin (TOST, unadjusted) | "
              f"equivalence claim: TOST p Holm (all {k}) |",
